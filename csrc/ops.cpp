@@ -1,0 +1,14 @@
+// Operator schemas of the hierparse library; kernels live in cpu/ and cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module so that `import hierparse._C` loads this library and runs its registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(hierparse, m) {
+}

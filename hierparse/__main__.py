@@ -1,0 +1,5 @@
+import sys
+
+from hierparse.cli import main
+
+sys.exit(main())

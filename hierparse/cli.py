@@ -1,0 +1,145 @@
+"""The ``hierparse`` command: one subcommand per job; user mistakes print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+# ---------------------------------------------------------------------- show
+def node_indices(h: Hierarchy, node) -> dict[str, int]:
+    """Level name -> the node's class index, for every level the node spans (a leaf continues)."""
+    span = range(node.depth, h.num_levels) if node.is_leaf else [node.depth]
+    first_leaf = next(node.leaves()).name
+    return {h.level_names[level]: h.class_of_leaf(level)[first_leaf] for level in span}
+
+
+def describe_hierarchy(h: Hierarchy) -> dict:
+    """Everything ``hierparse show --json`` prints: levels, classes, tree and merging tables."""
+    table = h.label_table()
+
+    def node_dict(node):
+        entry = {"name": node.name, "level": node.depth, "index": node_indices(h, node)}
+        if node.is_leaf:
+            entry["ids"] = node.ids
+        else:
+            entry["children"] = [node_dict(child) for child in node.children]
+        return entry
+
+    return {
+        "name": h.name,
+        "description": h.description,
+        "source": h.source,
+        "ignore_index": h.ignore_index,
+        "levels": [
+            {
+                "name": h.level_names[level],
+                "num_classes": h.num_classes[level],
+                "classes": h.class_names(level),
+                "parents": h.parents(level) if level else None,
+            }
+            for level in range(h.num_levels)
+        ],
+        "tree": [node_dict(root) for root in h.roots],
+        "label_table": {str(raw): table[:, raw].tolist() for raw in h.declared_ids()},
+        "flip_pairs": [list(pair) for pair in h.flip_pairs],
+    }
+
+
+def format_hierarchy(h: Hierarchy) -> str:
+    """Human-readable tree, classes per level and label-merging table."""
+    lines = [f"{h.name}: {h.description}" if h.description else h.name, f"source: {h.source}", ""]
+    lines.append("levels (coarse -> fine): " + ", ".join(
+        f"{name} ({count})" for name, count in zip(h.level_names, h.num_classes)))
+    lines.append(f"ignore_index: {h.ignore_index}")
+    lines += ["", "tree (index at each level it spans; ids = raw label ids):"]
+
+    def walk(node, indent):
+        where = " ".join(f"{name}={index}" for name, index in node_indices(h, node).items())
+        ids = f"  ids {node.ids}" if node.is_leaf else ""
+        lines.append(f"{'  ' * indent}{node.name}  [{where}]{ids}")
+        for child in node.children:
+            walk(child, indent + 1)
+
+    for root in h.roots:
+        walk(root, 1)
+    table = h.label_table()
+    lines += ["", "label-merging table (raw id -> class index per level; unlisted ids are ignored):"]
+    header = f"  {'raw id':>6}  " + "  ".join(f"{name:>12}" for name in h.level_names) + "  class"
+    lines.append(header)
+    fine_names = h.class_names(-1)
+    for raw in h.declared_ids():
+        row = table[:, raw].tolist()
+        label = fine_names[row[-1]] if row[-1] != h.ignore_index else "(ignored)"
+        lines.append(f"  {raw:>6}  " + "  ".join(f"{v:>12}" for v in row) + f"  {label}")
+    if h.flip_pairs:
+        lines += ["", "flip pairs: " + ", ".join(f"{a} <-> {b}" for a, b in h.flip_pairs)]
+    return "\n".join(lines)
+
+
+def add_show(subparsers) -> None:
+    p = subparsers.add_parser("show", help="print a hierarchy: tree, classes per level, merging tables")
+    p.add_argument("hierarchy", help="a YAML file or a built-in name (lip, cihp, atr, helen, ...)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run_show)
+
+
+def run_show(args) -> int:
+    h = load_hierarchy(args.hierarchy)
+    print(json.dumps(describe_hierarchy(h), indent=2) if args.json else format_hierarchy(h))
+    return 0
+
+
+# ---------------------------------------------------------------------- validate
+def add_validate(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="check hierarchy files; exit 2 listing every problem")
+    p.add_argument("files", nargs="+", help="hierarchy YAML files")
+    p.set_defaults(func=run_validate)
+
+
+def run_validate(args) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            h = load_hierarchy(path)
+        except HierarchyError as error:
+            failed = True
+            for problem in error.problems:
+                print(f"hierparse: error: {problem}", file=sys.stderr)
+        except FileNotFoundError as error:
+            failed = True
+            print(f"hierparse: error: {error}", file=sys.stderr)
+        else:
+            print(f"{path}: ok ({h.num_levels} levels, classes per level {h.num_classes})")
+    return 2 if failed else 0
+
+
+# ---------------------------------------------------------------------- entry point
+PARSER_BUILDERS: list[Callable] = [add_show, add_validate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hierparse", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in PARSER_BUILDERS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"hierparse: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Class trees declared in YAML: validation, per-level classes, label-merging tables.
+
+A hierarchy file lists named classes as a tree; leaves name the raw label ids they cover in the
+annotation files. Level ``l`` holds every class at depth ``l`` plus every leaf shallower than
+``l`` (a class with no children continues unchanged to the finer levels). At every level, classes
+keep the order in which they first appear in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+NUM_RAW_IDS = 256
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "hierarchies"
+
+_TOP_KEYS = {"name", "description", "ignore_index", "levels", "ignore_ids", "classes", "flip_pairs"}
+_NODE_KEYS = {"name", "ids", "color", "children"}
+
+
+class HierarchyError(ValueError):
+    """An invalid hierarchy file; one line per problem, each naming the file, place and value."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclasses.dataclass
+class ClassNode:
+    """One named class of the tree; ``ids`` are set on leaves only."""
+
+    name: str
+    depth: int
+    ids: list[int] = dataclasses.field(default_factory=list)
+    color: tuple[int, int, int] | None = None
+    children: list["ClassNode"] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def walk(self) -> Iterator["ClassNode"]:
+        """This node and its descendants in file order (pre-order)."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def leaves(self) -> Iterator["ClassNode"]:
+        return (node for node in self.walk() if node.is_leaf)
+
+
+def classes_at_level(roots: Sequence[ClassNode], level: int) -> list[ClassNode]:
+    """Classes of ``level`` in file order: nodes at that depth and shallower leaves, continued."""
+    return [
+        node
+        for root in roots
+        for node in root.walk()
+        if node.depth == level or (node.is_leaf and node.depth < level)
+    ]
+
+
+def voc_palette(index: int) -> tuple[int, int, int]:
+    """The PASCAL VOC colour of ``index``: a fixed, distinguishable default palette."""
+    rgb = [0, 0, 0]
+    for shift in range(8):
+        for channel in range(3):
+            rgb[channel] |= ((index >> (channel + 3 * shift)) & 1) << (7 - shift)
+    return (rgb[0], rgb[1], rgb[2])
+
+
+class Hierarchy:
+    """A validated class tree and everything derived from it, coarse level first."""
+
+    def __init__(
+        self,
+        name: str,
+        levels: Sequence[str],
+        roots: Sequence[ClassNode],
+        *,
+        description: str = "",
+        ignore_index: int = 255,
+        ignore_ids: Sequence[int] = (),
+        flip_pairs: Sequence[tuple[str, str]] = (),
+        source: str = "<memory>",
+    ):
+        self.name = name
+        self.description = description
+        self.level_names = list(levels)
+        self.ignore_index = ignore_index
+        self.ignore_ids = sorted(set(ignore_ids))
+        self.flip_pairs = [tuple(pair) for pair in flip_pairs]
+        self.roots = list(roots)
+        self.source = source
+        self._level_nodes = [classes_at_level(self.roots, level) for level in range(self.num_levels)]
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_names)
+
+    @property
+    def num_classes(self) -> list[int]:
+        return [len(nodes) for nodes in self._level_nodes]
+
+    def _level(self, level: int) -> int:
+        if not -self.num_levels <= level < self.num_levels:
+            raise ValueError(
+                f"hierarchy {self.name!r} has {self.num_levels} levels; level {level} does not exist"
+            )
+        return level % self.num_levels
+
+    def nodes(self, level: int) -> list[ClassNode]:
+        return list(self._level_nodes[self._level(level)])
+
+    def class_names(self, level: int) -> list[str]:
+        return [node.name for node in self._level_nodes[self._level(level)]]
+
+    def leaves(self) -> list[ClassNode]:
+        return [leaf for root in self.roots for leaf in root.leaves()]
+
+    def class_of_leaf(self, level: int) -> dict[str, int]:
+        """Leaf name -> index of the class containing it at ``level``."""
+        level = self._level(level)
+        index = {}
+        for position, node in enumerate(self._level_nodes[level]):
+            for leaf in node.leaves():
+                index[leaf.name] = position
+        return index
+
+    def parents(self, level: int) -> list[int]:
+        """For each class of ``level``, the index of its parent (or itself, continued) at ``level-1``."""
+        level = self._level(level)
+        if level == 0:
+            raise ValueError("the coarsest level (0) has no parents")
+        coarse = {id(node): i for i, node in enumerate(self._level_nodes[level - 1])}
+        result = []
+        for root in self.roots:
+            self._collect_parents(root, None, level, coarse, result)
+        return result
+
+    def _collect_parents(self, node, parent, level, coarse, out) -> None:
+        if node.depth == level or (node.is_leaf and node.depth < level):
+            holder = node if id(node) in coarse else parent
+            out.append(coarse[id(holder)])
+            return
+        for child in node.children:
+            self._collect_parents(child, node, level, coarse, out)
+
+    # ------------------------------------------------------------------ tables
+    def label_table(self) -> torch.Tensor:
+        """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere."""
+        table = torch.full((self.num_levels, NUM_RAW_IDS), self.ignore_index, dtype=torch.int64)
+        for level in range(self.num_levels):
+            for index, node in enumerate(self._level_nodes[level]):
+                for leaf in node.leaves():
+                    table[level, leaf.ids] = index
+        return table
+
+    def declared_ids(self) -> list[int]:
+        """Raw ids that may appear in annotation files: leaf ids, ignored ids and ``ignore_index``."""
+        ids = {i for leaf in self.leaves() for i in leaf.ids} | set(self.ignore_ids)
+        if 0 <= self.ignore_index < NUM_RAW_IDS:
+            ids.add(self.ignore_index)
+        return sorted(ids)
+
+    def colors(self, level: int) -> list[tuple[int, int, int]]:
+        """RGB per class of ``level``: the declared colour, else the VOC palette entry of its index."""
+        return [
+            node.color if node.color is not None else voc_palette(index)
+            for index, node in enumerate(self._level_nodes[self._level(level)])
+        ]
+
+    def flip_permutation(self) -> torch.Tensor:
+        """int64 ``[256]``: the raw id each raw id becomes when the image is mirrored."""
+        perm = torch.arange(NUM_RAW_IDS, dtype=torch.int64)
+        leaves = {leaf.name: leaf for leaf in self.leaves()}
+        for left, right in self.flip_pairs:
+            left_ids, right_ids = leaves[left].ids, leaves[right].ids
+            perm[left_ids] = torch.tensor(right_ids)
+            perm[right_ids] = torch.tensor(left_ids)
+        return perm
+
+    def fine_to_raw(self) -> torch.Tensor:
+        """uint8 ``[num_fine_classes]``: the first raw id of each finest-level class."""
+        return torch.tensor([node.ids[0] for node in self._level_nodes[-1]], dtype=torch.uint8)
+
+    def to_raw(self, fine_indices):
+        """Map finest-level class indices to raw ids (uint8), as a tensor or a numpy array.
+
+        Pixels equal to ``ignore_index`` stay ``ignore_index``.
+        """
+        lookup = self.fine_to_raw()
+        as_numpy = isinstance(fine_indices, np.ndarray)
+        indices = torch.as_tensor(fine_indices).long()
+        ignored = indices == self.ignore_index
+        valid = indices[~ignored]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= len(lookup)):
+            bad = valid[(valid < 0) | (valid >= len(lookup))][0].item()
+            raise ValueError(
+                f"fine class index {bad} is outside 0..{len(lookup) - 1} of hierarchy {self.name!r}"
+            )
+        raw = lookup[indices.clamp(0, len(lookup) - 1)]
+        raw[ignored] = self.ignore_index % NUM_RAW_IDS
+        return raw.numpy() if as_numpy else raw.to(torch.as_tensor(fine_indices).device)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        def node_dict(node: ClassNode) -> dict[str, Any]:
+            out: dict[str, Any] = {"name": node.name}
+            if node.is_leaf:
+                out["ids"] = list(node.ids)
+            if node.color is not None:
+                out["color"] = list(node.color)
+            if node.children:
+                out["children"] = [node_dict(child) for child in node.children]
+            return out
+
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["ignore_index"] = self.ignore_index
+        data["levels"] = list(self.level_names)
+        if self.ignore_ids:
+            data["ignore_ids"] = list(self.ignore_ids)
+        data["classes"] = [node_dict(root) for root in self.roots]
+        if self.flip_pairs:
+            data["flip_pairs"] = [list(pair) for pair in self.flip_pairs]
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hierarchy) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Hierarchy({self.name!r}, levels={self.level_names}, classes={self.num_classes})"
+
+
+# ---------------------------------------------------------------------- loading and validation
+class _Validator:
+    """Builds a Hierarchy from parsed YAML, collecting every problem before raising."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {message}")
+
+    def unknown_keys(self, mapping: dict, allowed: set[str], where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.problem(where, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+
+    def build(self, data: Any) -> Hierarchy:
+        if not isinstance(data, dict):
+            self.problem("top level", f"expected a mapping of fields, got {type(data).__name__}")
+            raise HierarchyError(self.problems)
+        self.unknown_keys(data, _TOP_KEYS, "top level")
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            self.problem("name", f"expected a non-empty string, got {name!r}")
+        levels = data.get("levels")
+        if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
+            self.problem("levels", f"expected a non-empty list of level names, got {levels!r}")
+            levels = []
+        ignore_index = data.get("ignore_index", 255)
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+            self.problem("ignore_index", f"expected an integer, got {ignore_index!r}")
+            ignore_index = 255
+        ignore_ids = self.raw_ids(data.get("ignore_ids", []), "ignore_ids")
+
+        classes = data.get("classes")
+        roots: list[ClassNode] = []
+        if not isinstance(classes, list) or not classes:
+            self.problem("classes", f"expected a non-empty list of classes, got {classes!r}")
+        else:
+            roots = [self.node(item, 0, f"classes[{i}]", len(levels)) for i, item in enumerate(classes)]
+            roots = [root for root in roots if root is not None]
+        self.check_names_and_ids(roots, ignore_ids, ignore_index, len(levels))
+        flip_pairs = self.flip_pairs(data.get("flip_pairs", []), roots)
+        if self.problems:
+            raise HierarchyError(self.problems)
+        return Hierarchy(
+            name,
+            levels,
+            roots,
+            description=str(data.get("description", "")),
+            ignore_index=ignore_index,
+            ignore_ids=ignore_ids,
+            flip_pairs=flip_pairs,
+            source=self.source,
+        )
+
+    def raw_ids(self, value: Any, where: str) -> list[int]:
+        items = value if isinstance(value, list) else [value]
+        ids = []
+        for item in items:
+            if not isinstance(item, int) or isinstance(item, bool):
+                self.problem(where, f"raw id {item!r} is not an integer")
+            elif not 0 <= item < NUM_RAW_IDS:
+                self.problem(where, f"raw id {item} is outside 0..{NUM_RAW_IDS - 1}")
+            else:
+                ids.append(item)
+        return ids
+
+    def node(self, item: Any, depth: int, where: str, num_levels: int) -> ClassNode | None:
+        if not isinstance(item, dict):
+            self.problem(where, f"expected a class mapping with a name, got {item!r}")
+            return None
+        self.unknown_keys(item, _NODE_KEYS, where)
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            self.problem(where, f"expected a non-empty class name, got {name!r}")
+            name = f"<unnamed {where}>"
+        where = f"{where} ({name})"
+        if depth >= num_levels > 0:
+            self.problem(where, f"the tree is deeper than the {num_levels} levels declared")
+        node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where))
+        has_children = "children" in item
+        if has_children and "ids" in item:
+            self.problem(where, "a class has either 'ids' (a leaf) or 'children' (a group), not both")
+        if has_children:
+            children = item["children"]
+            if not isinstance(children, list) or not children:
+                self.problem(where, f"empty group: 'children' must list at least one class, got {children!r}")
+            else:
+                for i, child in enumerate(children):
+                    built = self.node(child, depth + 1, f"{where}.children[{i}]", num_levels)
+                    if built is not None:
+                        node.children.append(built)
+        elif "ids" in item:
+            if item["ids"] == []:
+                self.problem(where, "a leaf must list at least one raw id in 'ids'")
+            node.ids = self.raw_ids(item["ids"], where)
+        else:
+            self.problem(where, "a class needs 'ids' (a leaf) or 'children' (a group)")
+        return node
+
+    def color(self, value: Any, where: str) -> tuple[int, int, int] | None:
+        if value is None:
+            return None
+        if (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+        ):
+            return (value[0], value[1], value[2])
+        self.problem(where, f"color must be [R, G, B] with integers 0..255, got {value!r}")
+        return None
+
+    def check_names_and_ids(self, roots, ignore_ids, ignore_index, num_levels) -> None:
+        seen_names: set[str] = set()
+        owner: dict[int, str] = {}
+        for root in roots:
+            for node in root.walk():
+                if node.name in seen_names:
+                    self.problem(f"class {node.name!r}", "duplicate class name")
+                seen_names.add(node.name)
+                for raw in node.ids:
+                    if raw in owner and owner[raw] != node.name:
+                        self.problem(
+                            f"class {node.name!r}", f"raw id {raw} is already claimed by {owner[raw]!r}"
+                        )
+                    elif raw in ignore_ids:
+                        self.problem(f"class {node.name!r}", f"raw id {raw} is also listed in ignore_ids")
+                    elif raw == ignore_index:
+                        self.problem(f"class {node.name!r}", f"raw id {raw} equals ignore_index")
+                    owner.setdefault(raw, node.name)
+        most_classes = max((len(classes_at_level(roots, level)) for level in range(num_levels)), default=0)
+        if 0 <= ignore_index < most_classes:
+            self.problem("ignore_index", f"{ignore_index} collides with class index {ignore_index}")
+
+    def flip_pairs(self, value: Any, roots: list[ClassNode]) -> list[tuple[str, str]]:
+        if not isinstance(value, list):
+            self.problem("flip_pairs", f"expected a list of [left, right] pairs, got {value!r}")
+            return []
+        nodes = {node.name: node for root in roots for node in root.walk()}
+        pairs = []
+        for i, pair in enumerate(value):
+            where = f"flip_pairs[{i}]"
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                self.problem(where, f"expected [left, right] class names, got {pair!r}")
+                continue
+            ok = True
+            for name in pair:
+                if name not in nodes:
+                    self.problem(where, f"unknown class {name!r}")
+                    ok = False
+                elif not nodes[name].is_leaf:
+                    self.problem(where, f"class {name!r} is a group, not a leaf")
+                    ok = False
+            if ok and len(nodes[pair[0]].ids) != len(nodes[pair[1]].ids):
+                self.problem(where, f"{pair[0]!r} and {pair[1]!r} cover different numbers of raw ids")
+                ok = False
+            if ok:
+                pairs.append((pair[0], pair[1]))
+        return pairs
+
+
+def builtin_names() -> list[str]:
+    """Names of the hierarchies shipped in ``hierarchies/``."""
+    return sorted(path.stem for path in BUILTIN_DIR.glob("*.yaml"))
+
+
+def resolve_path(path_or_name: str | Path) -> Path:
+    """A file path as given, or the built-in hierarchy of that name."""
+    path = Path(path_or_name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: hierarchy file not found")
+        return path
+    builtin = BUILTIN_DIR / f"{path_or_name}.yaml"
+    if builtin.exists():
+        return builtin
+    raise FileNotFoundError(
+        f"{path_or_name}: neither a hierarchy file nor a built-in hierarchy "
+        f"(built-ins: {', '.join(builtin_names())})"
+    )
+
+
+def hierarchy_from_yaml(text: str, source: str = "<string>") -> Hierarchy:
+    """Parse and validate YAML text; raises HierarchyError naming ``source``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "top level"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise HierarchyError([f"{source}: {where}: malformed YAML: {problem}"]) from None
+    return _Validator(source).build(data)
+
+
+def load_hierarchy(path_or_name: str | Path | Hierarchy) -> Hierarchy:
+    """Load a hierarchy from a YAML file or by built-in name (``"lip"``, ``"cityscapes"``, …)."""
+    if isinstance(path_or_name, Hierarchy):
+        return path_or_name
+    path = resolve_path(path_or_name)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise FileNotFoundError(f"{path}: cannot read hierarchy file: {error}") from None
+    return hierarchy_from_yaml(text, str(path))
