@@ -387,12 +387,23 @@ class _Validator:
             return []
         nodes = {node.name: node for root in roots for node in root.walk()}
         pairs = []
+        paired: dict[str, str] = {}  # class name -> where it was first paired
         for i, pair in enumerate(value):
             where = f"flip_pairs[{i}]"
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
                 self.problem(where, f"expected [left, right] class names, got {pair!r}")
                 continue
             ok = True
+            if pair[0] == pair[1]:
+                self.problem(where, f"class {pair[0]!r} is paired with itself")
+                continue
+            for name in pair:
+                if name in paired:
+                    # A class in two pairs would make the flip map a non-permutation.
+                    self.problem(where, f"class {name!r} is already paired in {paired[name]}")
+                    ok = False
+                else:
+                    paired[name] = where
             for name in pair:
                 if name not in nodes:
                     self.problem(where, f"unknown class {name!r}")
