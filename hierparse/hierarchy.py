@@ -40,6 +40,7 @@ class ClassNode:
     ids: list[int] = dataclasses.field(default_factory=list)
     color: tuple[int, int, int] | None = None
     children: list["ClassNode"] = dataclasses.field(default_factory=list)
+    where: str = dataclasses.field(default="", compare=False, repr=False)  # path in the file
 
     @property
     def is_leaf(self) -> bool:
@@ -326,7 +327,7 @@ class _Validator:
         where = f"{where} ({name})"
         if depth >= num_levels > 0:
             self.problem(where, f"the tree is deeper than the {num_levels} levels declared")
-        node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where))
+        node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where), where=where)
         has_children = "children" in item
         if has_children and "ids" in item:
             self.problem(where, "a class has either 'ids' (a leaf) or 'children' (a group), not both")
@@ -360,23 +361,29 @@ class _Validator:
         return None
 
     def check_names_and_ids(self, roots, ignore_ids, ignore_index, num_levels) -> None:
-        seen_names: set[str] = set()
-        owner: dict[int, str] = {}
+        first: dict[str, ClassNode] = {}
+        owner: dict[int, ClassNode] = {}
         for root in roots:
             for node in root.walk():
-                if node.name in seen_names:
-                    self.problem(f"class {node.name!r}", "duplicate class name")
-                seen_names.add(node.name)
+                if node.name in first:
+                    self.problem(
+                        node.where,
+                        f"duplicate class name {node.name!r} (first used at {first[node.name].where})",
+                    )
+                first.setdefault(node.name, node)
                 for raw in node.ids:
-                    if raw in owner and owner[raw] != node.name:
+                    if raw in owner and owner[raw] is node:
+                        self.problem(node.where, f"raw id {raw} is listed twice")
+                    elif raw in owner:
                         self.problem(
-                            f"class {node.name!r}", f"raw id {raw} is already claimed by {owner[raw]!r}"
+                            node.where,
+                            f"raw id {raw} is already claimed by {owner[raw].name!r} at {owner[raw].where}",
                         )
                     elif raw in ignore_ids:
-                        self.problem(f"class {node.name!r}", f"raw id {raw} is also listed in ignore_ids")
+                        self.problem(node.where, f"raw id {raw} is also listed in ignore_ids")
                     elif raw == ignore_index:
-                        self.problem(f"class {node.name!r}", f"raw id {raw} equals ignore_index")
-                    owner.setdefault(raw, node.name)
+                        self.problem(node.where, f"raw id {raw} equals ignore_index")
+                    owner.setdefault(raw, node)
         most_classes = max((len(classes_at_level(roots, level)) for level in range(num_levels)), default=0)
         if 0 <= ignore_index < most_classes:
             self.problem("ignore_index", f"{ignore_index} collides with class index {ignore_index}")
