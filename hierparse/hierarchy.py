@@ -275,6 +275,9 @@ class _Validator:
         if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
             self.problem("levels", f"expected a non-empty list of level names, got {levels!r}")
             levels = []
+        for i, level_name in enumerate(levels):
+            if level_name in levels[:i]:
+                self.problem(f"levels[{i}]", f"duplicate level name {level_name!r}")
         ignore_index = data.get("ignore_index", 255)
         if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
             self.problem("ignore_index", f"expected an integer, got {ignore_index!r}")
