@@ -282,6 +282,10 @@ class _Validator:
         if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
             self.problem("ignore_index", f"expected an integer, got {ignore_index!r}")
             ignore_index = 255
+        elif not 0 <= ignore_index < NUM_RAW_IDS:
+            # It is also the raw id of ignored pixels in label PNGs and in to_raw() output (uint8).
+            self.problem("ignore_index", f"{ignore_index} is outside 0..{NUM_RAW_IDS - 1}")
+            ignore_index = 255
         ignore_ids = self.raw_ids(data.get("ignore_ids", []), "ignore_ids")
 
         classes = data.get("classes")
