@@ -196,9 +196,9 @@ class Hierarchy:
 
         Pixels equal to ``ignore_index`` stay ``ignore_index``.
         """
-        lookup = self.fine_to_raw()
         as_numpy = isinstance(fine_indices, np.ndarray)
         indices = torch.as_tensor(fine_indices).long()
+        lookup = self.fine_to_raw().to(indices.device)
         ignored = indices == self.ignore_index
         valid = indices[~ignored]
         if valid.numel() and (valid.min() < 0 or valid.max() >= len(lookup)):
@@ -208,7 +208,7 @@ class Hierarchy:
             )
         raw = lookup[indices.clamp(0, len(lookup) - 1)]
         raw[ignored] = self.ignore_index % NUM_RAW_IDS
-        return raw.numpy() if as_numpy else raw.to(torch.as_tensor(fine_indices).device)
+        return raw.numpy() if as_numpy else raw
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
