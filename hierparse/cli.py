@@ -91,7 +91,11 @@ def add_show(subparsers) -> None:
 
 
 def run_show(args) -> int:
-    h = load_hierarchy(args.hierarchy)
+    try:
+        h = load_hierarchy(args.hierarchy)
+    except HierarchyError as error:
+        print_problems(error)
+        return 2
     print(json.dumps(describe_hierarchy(h), indent=2) if args.json else format_hierarchy(h))
     return 0
 
@@ -103,6 +107,12 @@ def add_validate(subparsers) -> None:
     p.set_defaults(func=run_validate)
 
 
+def print_problems(error: HierarchyError) -> None:
+    """One ``hierparse: error:`` line per problem of an invalid hierarchy file."""
+    for problem in error.problems:
+        print(f"hierparse: error: {problem}", file=sys.stderr)
+
+
 def run_validate(args) -> int:
     failed = False
     for path in args.files:
@@ -110,8 +120,7 @@ def run_validate(args) -> int:
             h = load_hierarchy(path)
         except HierarchyError as error:
             failed = True
-            for problem in error.problems:
-                print(f"hierparse: error: {problem}", file=sys.stderr)
+            print_problems(error)
         except FileNotFoundError as error:
             failed = True
             print(f"hierparse: error: {error}", file=sys.stderr)
