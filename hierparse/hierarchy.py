@@ -326,12 +326,13 @@ class _Validator:
         if not isinstance(item, dict):
             self.problem(where, f"expected a class mapping with a name, got {item!r}")
             return None
-        self.unknown_keys(item, _NODE_KEYS, where)
         name = item.get("name")
         if not isinstance(name, str) or not name:
             self.problem(where, f"expected a non-empty class name, got {name!r}")
             name = f"<unnamed {where}>"
-        where = f"{where} ({name})"
+        else:
+            where = f"{where} ({name})"
+        self.unknown_keys(item, _NODE_KEYS, where)
         if depth >= num_levels > 0:
             self.problem(where, f"the tree is deeper than the {num_levels} levels declared")
         node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where), where=where)
