@@ -333,8 +333,12 @@ class _Validator:
         else:
             where = f"{where} ({name})"
         self.unknown_keys(item, _NODE_KEYS, where)
-        if depth >= num_levels > 0:
-            self.problem(where, f"the tree is deeper than the {num_levels} levels declared")
+        if depth == num_levels > 0:  # reported once per branch, not again for each descendant
+            self.problem(
+                where,
+                f"the tree is deeper than 'levels': this class would be level {depth + 1}, "
+                f"but 'levels' names only {num_levels}",
+            )
         node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where), where=where)
         has_children = "children" in item
         if has_children and "ids" in item:
