@@ -1,6 +1,7 @@
 """hierparse: coarse-to-fine image parsing with stacked networks driven by YAML class trees."""
 
+from hierparse import metrics
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 __version__ = "0.1.0"
-__all__ = ["Hierarchy", "HierarchyError", "load_hierarchy"]
+__all__ = ["Hierarchy", "HierarchyError", "load_hierarchy", "metrics"]

@@ -33,9 +33,9 @@ classes:
 # Coarse targets: A  A  A  b | b  -  A  -
 TINY_LABELS = torch.tensor([[[1, 1, 2, 3], [3, 0, 2, 255]]], dtype=torch.uint8)
 TINY_FINE_PRED = torch.tensor([[[0, 1, 1, 2], [0, 2, 0, 1]]])
-# The ignored pixels 5 and 7 are inconsistent (fine b under coarse A, fine a2 under coarse b) and
-# must not count.
-TINY_COARSE_PRED = torch.tensor([[[0, 0, 1, 1], [0, 0, 0, 1]]])
+# Of the ignored pixels, 5 is consistent (fine b under coarse b) and 7 is not (fine a2 under coarse
+# b); neither may count.
+TINY_COARSE_PRED = torch.tensor([[[0, 0, 1, 1], [0, 1, 0, 1]]])
 
 # Worked out by hand, pixel by pixel (rows ground truth, columns prediction):
 # fine: (a1,a1) (a1,a2) (a2,a2) (b,b) (b,a1) (a2,a1)
@@ -135,7 +135,8 @@ def test_scores_by_hand(tiny_result):
 
 def test_consistency_by_hand(tiny_result):
     _, result = tiny_result
-    # valid pixels 0,1,2,3,4,6; pixel 2 has fine a2 (parent A) under coarse b
+    # valid pixels 0,1,2,3,4,6; pixel 2 has fine a2 (parent A) under coarse b. Counting the ignored
+    # pixels would give 6/8, counting them only as agreeing 6/6.
     assert result["consistency"] == pytest.approx(5 / 6)
 
 
