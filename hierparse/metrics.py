@@ -146,11 +146,10 @@ class ParsingMetrics:
         levels = range(self.hierarchy.num_levels) if per_level else [self.hierarchy.num_levels - 1]
         self._check_inputs(pred_list, labels, levels)
         if (self._fine_only_pixels if per_level else self._per_level_pixels).item() > 0:
-            raise ValueError(
-                "update() got "
-                + ("per-level predictions after finest-only ones" if per_level else "a finest-only prediction after per-level ones")
-                + "; call reset() before switching"
-            )
+            given, earlier = ("per-level predictions", "finest-only ones")
+            if not per_level:
+                given, earlier = "a finest-only prediction", "per-level ones"
+            raise ValueError(f"update() got {given} after {earlier}; call reset() before switching")
 
         device = labels.device
         if self._counts.device != device:
@@ -206,7 +205,8 @@ class ParsingMetrics:
                 )
             if pred.device != labels.device:
                 raise ValueError(
-                    f"prediction for level {level} ({level_name}) is on {pred.device}, labels on {labels.device}"
+                    f"prediction for level {level} ({level_name}) is on {pred.device}, "
+                    f"labels on {labels.device}"
                 )
             classes = self.num_classes[level]
             bad = _first_outside(pred, classes)
@@ -218,7 +218,7 @@ class ParsingMetrics:
 
     # ------------------------------------------------------------------ results
     def merged_confusion(self, level: int) -> torch.Tensor:
-        """int64 ``[C_level, C_level]``: block sums of the finest confusion matrix over ``level``'s classes."""
+        """int64 ``[C, C]``: block sums of the finest confusion matrix over the classes of ``level``."""
         classes = len(self.hierarchy.class_names(level))
         fine = self.confusion_matrices[-1].cpu()
         ancestors = self._fine_to_level[level].cpu()
@@ -239,9 +239,9 @@ class ParsingMetrics:
         confusions = self.confusion_matrices
         module_levels = range(self.hierarchy.num_levels) if per_level else [finest]
         valid_pixels = confusions[finest].sum().item()
-        consistency = (
-            self._consistent_pixels.item() / valid_pixels if per_level and finest > 0 and valid_pixels else math.nan
-        )
+        consistency = math.nan
+        if per_level and finest > 0 and valid_pixels:
+            consistency = self._consistent_pixels.item() / valid_pixels
         return {
             "levels": [self._entry(level, confusions[level]) for level in module_levels],
             "merged": [self._entry(level, self.merged_confusion(level)) for level in range(finest + 1)],
@@ -293,7 +293,8 @@ def format_metrics(result: dict[str, Any]) -> str:
             + "".join(f"{title:>9}" for title, _ in columns)
         ]
         for index, class_name in enumerate(merged["classes"]):
-            lines.append(f"  {class_name}".ljust(width) + "".join(_percent(e["iou"][index]) for _, e in columns))
+            scores = "".join(_percent(entry["iou"][index]) for _, entry in columns)
+            lines.append(f"  {class_name}".ljust(width) + scores)
         for label, key in [("mIoU", "miou"), ("pixel acc", "pixel_acc"), ("mean acc", "mean_acc")]:
             lines.append(label.ljust(width) + "".join(_percent(e[key]) for _, e in columns))
         blocks.append("\n".join(lines))

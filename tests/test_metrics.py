@@ -90,7 +90,9 @@ def numpy_iou(matrix: np.ndarray) -> np.ndarray:
 
 
 def assert_same_floats(actual, expected):
-    np.testing.assert_allclose(np.asarray(actual, dtype=float), np.asarray(expected, dtype=float), rtol=1e-12, atol=0)
+    """Equal to 1e-12 relative, NaN where the other is NaN."""
+    actual, expected = np.asarray(actual, dtype=float), np.asarray(expected, dtype=float)
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=0)
 
 
 # ---------------------------------------------------------------------- hand-computed tiny example
@@ -348,20 +350,27 @@ def test_format_metrics_fine_only_marks_nan(tiny):
 
 
 # ---------------------------------------------------------------------- bad input
+COARSE, FINE, LABELS = TINY_COARSE_PRED, TINY_FINE_PRED, TINY_LABELS
+
+
 @pytest.mark.parametrize(
     ("preds", "labels", "message"),
     [
-        ([TINY_FINE_PRED], TINY_LABELS, r"hierarchy 'tiny' has 2 levels \(coarse, fine\); got 1 prediction maps"),
-        ([TINY_COARSE_PRED] * 3, TINY_LABELS, "got 3 prediction maps"),
-        ([TINY_COARSE_PRED, TINY_FINE_PRED[..., :3]], TINY_LABELS, r"level 1 \(fine\) has shape \(1, 2, 3\), labels have shape \(1, 2, 4\)"),
-        (TINY_FINE_PRED.reshape(2, 4), TINY_LABELS, r"shape \(2, 4\)"),
-        ([TINY_COARSE_PRED + 1, TINY_FINE_PRED], TINY_LABELS, r"level 0 \(coarse\) holds class index 2, outside 0\.\.1"),
-        ([TINY_COARSE_PRED, TINY_FINE_PRED - 1], TINY_LABELS, r"level 1 \(fine\) holds class index -1, outside 0\.\.2"),
-        (TINY_FINE_PRED.to(torch.uint8) + 1, TINY_LABELS, r"level 1 \(fine\) holds class index 3"),
-        ([TINY_COARSE_PRED, TINY_FINE_PRED.float()], TINY_LABELS, r"level 1 \(fine\) must be an integer tensor.*torch.float32"),
-        (TINY_FINE_PRED, TINY_LABELS.float(), "labels must be an integer tensor of raw ids, got a torch.float32"),
-        (TINY_FINE_PRED, TINY_LABELS.long() + 250, "labels hold raw id 505, outside 0..255"),
-        (TINY_FINE_PRED, TINY_LABELS.long() - 1, "labels hold raw id -1"),
+        ([FINE], LABELS, r"hierarchy 'tiny' has 2 levels \(coarse, fine\); got 1 prediction maps"),
+        ([COARSE] * 3, LABELS, "got 3 prediction maps"),
+        (
+            [COARSE, FINE[..., :3]],
+            LABELS,
+            r"level 1 \(fine\) has shape \(1, 2, 3\), labels have shape \(1, 2, 4\)",
+        ),
+        (FINE.reshape(2, 4), LABELS, r"shape \(2, 4\)"),
+        ([COARSE + 1, FINE], LABELS, r"level 0 \(coarse\) holds class index 2, outside 0\.\.1"),
+        ([COARSE, FINE - 1], LABELS, r"level 1 \(fine\) holds class index -1, outside 0\.\.2"),
+        (FINE.to(torch.uint8) + 1, LABELS, r"level 1 \(fine\) holds class index 3"),
+        ([COARSE, FINE.float()], LABELS, r"level 1 \(fine\) must be an integer tensor.*torch.float32"),
+        (FINE, LABELS.float(), "labels must be an integer tensor of raw ids, got a torch.float32"),
+        (FINE, LABELS.long() + 250, "labels hold raw id 505, outside 0..255"),
+        (FINE, LABELS.long() - 1, "labels hold raw id -1"),
     ],
 )
 def test_bad_input_is_a_one_line_value_error(tiny, preds, labels, message):
