@@ -404,7 +404,10 @@ class _Validator:
         if not isinstance(value, list):
             self.problem("flip_pairs", f"expected a list of [left, right] pairs, got {value!r}")
             return []
-        nodes = {node.name: node for root in roots for node in root.walk()}
+        nodes: dict[str, ClassNode] = {}
+        for root in roots:
+            for node in root.walk():
+                nodes.setdefault(node.name, node)  # a duplicate name is reported on its own
         pairs = []
         paired: dict[str, str] = {}  # class name -> where it was first paired
         for i, pair in enumerate(value):
@@ -430,9 +433,15 @@ class _Validator:
                 elif not nodes[name].is_leaf:
                     self.problem(where, f"class {name!r} is a group, not a leaf")
                     ok = False
-            if ok and len(nodes[pair[0]].ids) != len(nodes[pair[1]].ids):
-                self.problem(where, f"{pair[0]!r} and {pair[1]!r} cover different numbers of raw ids")
-                ok = False
+            if ok:
+                left, right = len(nodes[pair[0]].ids), len(nodes[pair[1]].ids)
+                # A leaf left without valid ids has been reported already; comparing counts adds noise.
+                if left and right and left != right:
+                    self.problem(
+                        where,
+                        f"{pair[0]!r} and {pair[1]!r} cover different numbers of raw ids ({left} and {right})",
+                    )
+                    ok = False
             if ok:
                 pairs.append((pair[0], pair[1]))
         return pairs
