@@ -1,7 +1,7 @@
 """hierparse: coarse-to-fine image parsing with stacked networks driven by YAML class trees."""
 
-from hierparse import metrics
+from hierparse import data, metrics
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 __version__ = "0.1.0"
-__all__ = ["Hierarchy", "HierarchyError", "load_hierarchy", "metrics"]
+__all__ = ["Hierarchy", "HierarchyError", "data", "load_hierarchy", "metrics"]

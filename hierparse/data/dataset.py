@@ -1,0 +1,166 @@
+"""Read parsing datasets from disk as they are: images and label maps of raw uint8 ids.
+
+Every dataset in hierparse yields the same sample, a dict with ``image``, ``label`` and ``path``.
+Without a transform ``image`` is a uint8 ``HxWx3`` array and ``label`` a uint8 ``HxW`` array of
+raw ids; the transforms of :mod:`hierparse.data.transforms` turn them into a normalised float
+tensor ``[3, H, W]`` and a uint8 tensor ``[H, W]``. Labels are never widened to int64: the fused
+loss op maps raw ids to every level by table lookup.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch.utils.data
+from PIL import Image, UnidentifiedImageError
+
+from hierparse.data.layouts import get_layout
+from hierparse.hierarchy import Hierarchy, load_hierarchy
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+UNDECLARED_POLICIES = ("error", "ignore")
+
+
+def as_hierarchy(hierarchy: Hierarchy | str | Path) -> Hierarchy:
+    """A Hierarchy object as given, or loaded by built-in name or YAML path."""
+    return hierarchy if isinstance(hierarchy, Hierarchy) else load_hierarchy(hierarchy)
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.exists():
+        raise FileNotFoundError(f"missing {what} file {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"cannot read {what} file {path}: {error}") from None
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as uint8 ``HxWx3`` RGB."""
+    return np.asarray(_open(Path(path), "image").convert("RGB"))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A single-channel label PNG as uint8 ``HxW`` raw ids (palette PNGs give their indices)."""
+    path = Path(path)
+    image = _open(path, "label")
+    if image.mode in ("L", "P"):
+        return np.asarray(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 255:
+            raise ValueError(
+                f"label file {path} holds values outside 0..255 (min {values.min()}, max {values.max()})"
+            )
+        return values.astype(np.uint8)
+    raise ValueError(
+        f"label file {path} has mode {image.mode!r}; expected a single-channel map of raw ids "
+        "(mode L or P), not a colour rendering"
+    )
+
+
+def read_helen_maps(folder: str | Path) -> np.ndarray:
+    """Helen (Smith et al.) labels: one map per class ``<stem>_lbl00.png`` ... ; argmax gives raw ids."""
+    folder = Path(folder)
+    maps = sorted(folder.glob(f"{folder.name}_lbl[0-9][0-9].png"))
+    if not maps:
+        raise FileNotFoundError(f"missing label maps {folder.name}_lbl00.png ... in {folder}")
+    stack = np.stack([read_label(path) for path in maps])
+    if any(int(path.stem[-2:]) != index for index, path in enumerate(maps)):
+        raise ValueError(f"label maps in {folder} are not numbered 00..{len(maps) - 1:02d} without gaps")
+    return stack.argmax(axis=0).astype(np.uint8)
+
+
+LABEL_READERS: dict[str, Callable[[Path], np.ndarray]] = {"png": read_label, "helen_maps": read_helen_maps}
+
+
+class LabelChecker:
+    """Finds raw ids the hierarchy does not declare; raises, or maps them to ``ignore_index`` and warns once."""
+
+    def __init__(self, hierarchy: Hierarchy, undeclared: str = "error"):
+        if undeclared not in UNDECLARED_POLICIES:
+            raise ValueError(f"undeclared must be one of {UNDECLARED_POLICIES}, got {undeclared!r}")
+        self.hierarchy_name = hierarchy.name
+        self.ignore_index = hierarchy.ignore_index
+        self.undeclared = undeclared
+        self.declared = np.zeros(256, dtype=bool)
+        self.declared[hierarchy.declared_ids()] = True
+        self.warned = False
+
+    def __call__(self, label: np.ndarray, path: Path) -> np.ndarray:
+        bad = ~self.declared[label]
+        if not bad.any():
+            return label
+        values = np.unique(label[bad]).tolist()
+        message = f"label file {path} holds raw ids {values} that hierarchy {self.hierarchy_name!r} does not declare"
+        if self.undeclared == "error":
+            raise ValueError(message + " (pass undeclared='ignore' to treat them as ignored)")
+        if not self.warned:
+            warnings.warn(message + f"; mapping them to ignore_index {self.ignore_index} (warned once)")
+            self.warned = True
+        label = label.copy()
+        label[bad] = self.ignore_index
+        return label
+
+
+class ParsingDataset(torch.utils.data.Dataset):
+    """One split of a parsing dataset in one of the known on-disk layouts.
+
+    ``layout`` is ``lip``, ``cihp``, ``atr``, ``pascal_person_part``, ``helen``, ``cityscapes`` or
+    ``generic``; ``variant`` picks an arrangement (``official``, ``schp``, ``ce2p``, ...) or detects
+    it. ``hierarchy`` defaults to the layout's own; label values it does not declare raise, or
+    become ``ignore_index`` with ``undeclared="ignore"``. ``list_file`` reads ``image label`` lines
+    instead of the folders.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        layout: str,
+        split: str = "train",
+        transform: Transform | None = None,
+        *,
+        hierarchy: Hierarchy | str | Path | None = None,
+        variant: str = "auto",
+        list_file: str | Path | None = None,
+        undeclared: str = "error",
+    ):
+        self.layout = get_layout(layout)
+        if hierarchy is None:
+            if self.layout.hierarchy is None:
+                raise ValueError(f"layout {layout!r} has no hierarchy of its own; pass hierarchy=")
+            hierarchy = self.layout.hierarchy
+        self.hierarchy = as_hierarchy(hierarchy)
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.check_labels = LabelChecker(self.hierarchy, undeclared)
+        self.pairs, label_format = self.layout.find(self.root, split, variant, list_file)
+        self.read_label = LABEL_READERS[label_format]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        label = self.read_label(label_path)
+        if image.shape[:2] != label.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label {label_path} "
+                f"is {label.shape[1]}x{label.shape[0]} (width x height)"
+            )
+        sample = {"image": image, "label": self.check_labels(label, label_path), "path": str(image_path)}
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __repr__(self) -> str:
+        return (
+            f"ParsingDataset({str(self.root)!r}, layout={self.layout.name!r}, split={self.split!r}, "
+            f"hierarchy={self.hierarchy.name!r}, samples={len(self)})"
+        )
