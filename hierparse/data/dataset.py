@@ -43,7 +43,7 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 ``HxWx3`` RGB."""
-    return np.asarray(_open(Path(path), "image").convert("RGB"))
+    return np.array(_open(Path(path), "image").convert("RGB"))
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -51,7 +51,7 @@ def read_label(path: str | Path) -> np.ndarray:
     path = Path(path)
     image = _open(path, "label")
     if image.mode in ("L", "P"):
-        return np.asarray(image)
+        return np.array(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 255:

@@ -2,8 +2,8 @@
 
 A *layout* names a dataset (``lip``, ``cihp``, ...); it has one or more *variants*, one per way the
 files are commonly arranged: the official release and the arrangement that the widely used parsing
-repositories (CE2P, SCHP) expect. ``variant="auto"`` picks the first variant whose image folder
-exists for the split. README.md ("Datasets") draws each variant as a tree and names its source.
+repositories (CE2P, SCHP) expect. ``variant="auto"`` picks the first variant whose image and label
+folders exist for the split. README.md ("Datasets") draws each variant as a tree and names its source.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class Variant:
     def image_folder(self, root: Path, split: str) -> Path | None:
         return self._first_existing(root, self.images, split)
 
+    def present(self, root: Path, split: str) -> bool:
+        """Whether both the image and the label folder of ``split`` exist under ``root``."""
+        return self.image_folder(root, split) is not None and self._first_existing(root, self.labels, split) is not None
+
     def find(self, root: Path, split: str) -> list[tuple[Path, Path]]:
         """The (image, label) pairs of ``split``, in id-file order or sorted by path."""
         image_dir = self.image_folder(root, split)
@@ -74,7 +78,7 @@ class Variant:
             images = sorted(
                 path
                 for path in image_dir.glob(pattern)
-                if path.is_file() and path.name.lower().endswith(self.image_suffixes)
+                if path.is_file() and _matching_suffix(path.name, self.image_suffixes)
             )
             if not images:
                 raise ValueError(
@@ -101,13 +105,15 @@ class Variant:
 
     def _label_of(self, image: Path, image_dir: Path, label_dir: Path) -> Path:
         relative = image.relative_to(image_dir)
-        stem = image.name[: -len(_matching_suffix(image.name, self.image_suffixes))]
+        suffix = _matching_suffix(image.name, self.image_suffixes) or image.suffix
+        stem = image.name[: -len(suffix)]
         return label_dir / relative.parent / f"{stem}{self.label_suffix}"
 
 
-def _matching_suffix(name: str, suffixes: tuple[str, ...]) -> str:
+def _matching_suffix(name: str, suffixes: tuple[str, ...]) -> str | None:
+    """The suffix of ``suffixes`` that ``name`` ends with, ignoring case (``.JPG``), or None."""
     lowered = name.lower()
-    return next(suffix for suffix in suffixes if lowered.endswith(suffix))
+    return next((suffix for suffix in suffixes if lowered.endswith(suffix.lower())), None)
 
 
 def read_id_file(path: Path) -> list[str]:
@@ -117,10 +123,8 @@ def read_id_file(path: Path) -> list[str]:
         tokens = line.replace(",", " ").split()
         if tokens:
             stem = tokens[-1]
-            for suffix in IMAGE_SUFFIXES:
-                if stem.lower().endswith(suffix):
-                    stem = stem[: -len(suffix)]
-            stems.append(stem)
+            suffix = _matching_suffix(stem, IMAGE_SUFFIXES)
+            stems.append(stem[: -len(suffix)] if suffix else stem)
     if not stems:
         raise ValueError(f"empty split: id file {path} lists no images")
     return stems
@@ -175,12 +179,12 @@ class Layout:
         raise ValueError(f"layout {self.name!r} has no variant {name!r} (known: auto, {known})")
 
     def detect(self, root: Path, split: str) -> Variant:
-        """The first variant whose image folder exists under ``root`` for ``split``."""
+        """The first variant whose image and label folders exist under ``root`` for ``split``."""
         for variant in self.variants:
-            if variant.image_folder(root, split) is not None:
+            if variant.present(root, split):
                 return variant
         looked = "; ".join(
-            f"{v.name}: {', '.join(v._format(t, split) for t in v.images)}" for v in self.variants
+            f"{v.name}: {' + '.join(v._format(t, split) for t in (*v.images, *v.labels))}" for v in self.variants
         )
         raise FileNotFoundError(f"no {self.name} layout for split {split!r} under {root} (looked for {looked})")
 
@@ -208,7 +212,7 @@ class Layout:
         return chosen.find(root, split), chosen.label_format
 
     def _any_folder(self, root: Path, split: str) -> bool:
-        return any(variant.image_folder(root, split) is not None for variant in self.variants)
+        return any(variant.present(root, split) for variant in self.variants)
 
 
 def _schp(name: str = "schp") -> Variant:

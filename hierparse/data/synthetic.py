@@ -401,7 +401,7 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
     light = 0.75 + 0.5 * _smooth_field(rng, height, width, cell=max(height, width) // 3)
     noise = rng.normal(0, rng.uniform(2, 9), (height, width, 1)).astype(np.float32)
     image = image * light[..., None] + noise
-    return np.clip(image, 0, 255).astype(np.uint8), np.asarray(canvas.label)
+    return np.clip(image, 0, 255).astype(np.uint8), np.array(canvas.label)
 
 
 class SyntheticParsing(torch.utils.data.Dataset):

@@ -40,8 +40,8 @@ def _randint(high_inclusive: int) -> int:
 
 def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize an image (bilinear) and its label (nearest: no new label values) to ``height x width``."""
-    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+    image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    label = np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
     return image, label
 
 
@@ -207,7 +207,7 @@ class ToTensor:
     def __call__(self, sample: Sample) -> Sample:
         image = (sample["image"].astype(np.float32) - self.mean) * self.inv_std
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        label = torch.from_numpy(np.ascontiguousarray(sample["label"], dtype=np.uint8))
+        label = torch.from_numpy(np.require(sample["label"], np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]))
         return {**sample, "image": image, "label": label}
 
     def __repr__(self) -> str:
