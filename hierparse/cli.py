@@ -129,8 +129,62 @@ def run_validate(args) -> int:
     return 2 if failed else 0
 
 
+# ---------------------------------------------------------------------- build-model
+def add_build_model(subparsers) -> None:
+    p = subparsers.add_parser(
+        "build-model", help="print the stacked model a hierarchy generates: modules, sizes, cost")
+    p.add_argument("hierarchy", help="a YAML file or a built-in name (lip, cihp, atr, helen, ...)")
+    p.add_argument("--backbone", default="resnet50", help="resnet18/34/50/101 or light (default resnet50)")
+    p.add_argument("--head", default="psp", help="fcn, psp or aspp (default psp)")
+    p.add_argument("--flat", action="store_true", help="the flat baseline: one module, finest level")
+    p.add_argument("--input-size", default="473", metavar="H[xW]",
+                   help="image size for shapes and multiply-adds (default 473)")
+    p.add_argument("--output-stride", type=int, default=8, help="8 or 16 (default 8)")
+    p.add_argument("--skips", metavar="STAGES",
+                   help="skip stage per level after the first, comma-separated (layer1..layer3 or "
+                        "none each), or 'none' for no skips; default: finest level <- layer1")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run_build_model)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"473"`` or ``"512x1024"`` -> (height, width), both positive."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--input-size: expected a positive size like 473 or 512x1024, got {text!r}")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def run_build_model(args) -> int:
+    import torch
+
+    from hierparse.models import build_model, describe_model, format_model
+
+    size = parse_size(args.input_size)
+    if args.skips is None:
+        skips = None
+    elif args.skips.strip().lower() == "none":
+        skips = False
+    else:
+        skips = [None if s.strip().lower() == "none" else s.strip() for s in args.skips.split(",")]
+    try:
+        h = load_hierarchy(args.hierarchy)
+    except HierarchyError as error:
+        print_problems(error)
+        return 2
+    with torch.device("meta"):  # shapes and counts only: no weights allocated, nothing computed
+        model = build_model(h, args.backbone, args.head, stacked=not args.flat,
+                            output_stride=args.output_stride, skips=skips)
+    info = describe_model(model, size)
+    if args.json:
+        print(json.dumps({"model": info, "hierarchy": describe_hierarchy(h)}, indent=2))
+    else:
+        print(format_model(info) + "\n\n" + format_hierarchy(h))
+    return 0
+
+
 # ---------------------------------------------------------------------- entry point
-PARSER_BUILDERS: list[Callable] = [add_show, add_validate]
+PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model]
 
 
 def build_parser() -> argparse.ArgumentParser:
