@@ -2,6 +2,7 @@
 
 from hierparse import data, metrics
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+from hierparse.models import build_model
 
 __version__ = "0.1.0"
-__all__ = ["Hierarchy", "HierarchyError", "data", "load_hierarchy", "metrics"]
+__all__ = ["Hierarchy", "HierarchyError", "build_model", "data", "load_hierarchy", "metrics"]
