@@ -1,0 +1,307 @@
+"""Models built from hierarchies: outputs, gradients, strides, skips, torchvision weights, export."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from hierparse import build_model, load_hierarchy
+from hierparse.hierarchy import builtin_names
+from hierparse.models import BACKBONES, HEADS, describe_model
+from hierparse.models.stacked import RefineModule
+
+HEAD_NAMES = ["fcn", "psp", "aspp"]
+
+# --------------------------------------------------------------------------- torchvision layout
+# Written from torchvision.models.resnet (not from hierparse): block type and blocks per stage,
+# plus the parameter counts torchvision documents for each model (fc included).
+TORCHVISION_ARCHS = {
+    "resnet18": ("basic", (2, 2, 2, 2), 11_689_512),
+    "resnet34": ("basic", (3, 4, 6, 3), 21_797_672),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 25_557_032),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 44_549_160),
+}
+
+
+def torchvision_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of ``torchvision.models.<arch>().state_dict()``."""
+    kind, counts, _ = TORCHVISION_ARCHS[arch]
+    expansion = 1 if kind == "basic" else 4
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def bn(prefix: str, channels: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{name}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (64, 3, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), counts), start=1):
+        for block in range(blocks):
+            p = f"layer{stage}.{block}"
+            if kind == "basic":
+                convs = [(planes, inplanes, 3, 3), (planes, planes, 3, 3)]
+            else:
+                convs = [(planes, inplanes, 1, 1), (planes, planes, 3, 3), (planes * 4, planes, 1, 1)]
+            for i, shape in enumerate(convs, start=1):
+                shapes[f"{p}.conv{i}.weight"] = shape
+                bn(f"{p}.bn{i}", shape[0])
+            if block == 0 and (stage > 1 or inplanes != planes * expansion):
+                shapes[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    shapes["fc.weight"] = (1000, 512 * expansion)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+def learnable_count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(torch.Size(s).numel() for k, s in shapes.items()
+               if k.endswith(("weight", "bias")))
+
+
+def torchvision_checkpoint(arch: str, path, generator: torch.Generator, drop_tracked=False) -> dict:
+    state = {}
+    for key, shape in torchvision_shapes(arch).items():
+        if key.endswith("num_batches_tracked"):
+            if not drop_tracked:
+                state[key] = torch.tensor(7)
+        else:
+            state[key] = torch.randn(shape, generator=generator)
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("arch", list(TORCHVISION_ARCHS))
+def test_backbone_keys_and_shapes_are_torchvision_without_fc(arch):
+    expected = torchvision_shapes(arch)
+    assert learnable_count(expected) == TORCHVISION_ARCHS[arch][2]  # the table itself is right
+    with torch.device("meta"):
+        model = build_model("lip", arch, "fcn")
+    got = {key: tuple(value.shape) for key, value in model.backbone.state_dict().items()}
+    assert got == {k: s for k, s in expected.items() if not k.startswith("fc.")}
+
+
+def test_torchvision_checkpoint_loads_and_skips_fc(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    state = torchvision_checkpoint("resnet18", path, torch.Generator().manual_seed(0))
+    model = build_model("lip", "resnet18", "fcn", pretrained=path)
+    loaded = model.backbone.state_dict()
+    for key, value in state.items():
+        if key.startswith("fc."):
+            assert key not in loaded
+        else:
+            assert torch.equal(loaded[key], value), key
+
+
+def test_checkpoint_without_num_batches_tracked_loads(tmp_path):
+    path = tmp_path / "old.pth"
+    state = torchvision_checkpoint("resnet18", path, torch.Generator().manual_seed(1), drop_tracked=True)
+    model = build_model("helen", "resnet18", "fcn", pretrained=str(path))
+    assert torch.equal(model.backbone.get_parameter("layer4.1.bn2.weight"), state["layer4.1.bn2.weight"])
+    assert torch.equal(model.backbone.get_buffer("layer4.1.bn2.running_var"),
+                       state["layer4.1.bn2.running_var"])
+
+
+def test_wrong_checkpoints_name_the_keys(tmp_path):
+    generator = torch.Generator().manual_seed(2)
+    state = torchvision_checkpoint("resnet18", tmp_path / "a.pth", generator)
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    state["layer9.0.conv1.weight"] = torch.zeros(1)
+    del state["layer2.0.downsample.0.weight"]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as error:
+        build_model("lip", "resnet18", "fcn", pretrained=tmp_path / "bad.pth")
+    message = str(error.value)
+    assert "bad.pth" in message
+    assert "missing keys: layer2.0.downsample.0.weight" in message
+    assert "unexpected keys: layer9.0.conv1.weight" in message
+    assert "mis-shaped keys: layer1.0.conv1.weight (64, 64, 1, 1) != (64, 64, 3, 3)" in message
+    # a resnet50 checkpoint does not fit resnet18
+    torchvision_checkpoint("resnet50", tmp_path / "r50.pth", generator)
+    with pytest.raises(ValueError, match="unexpected keys: .*layer1.0.conv3.weight"):
+        build_model("lip", "resnet18", "fcn", pretrained=tmp_path / "r50.pth")
+
+
+def test_pretrained_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        build_model("lip", "resnet18", "fcn", pretrained=tmp_path / "nothere.pth")
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: not a torch checkpoint"):
+        build_model("lip", "resnet18", "fcn", pretrained=tmp_path / "junk.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="expected a state dict"):
+        build_model("lip", "resnet18", "fcn", pretrained=tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="backbone 'light' has no torchvision checkpoint"):
+        build_model("lip", "light", "fcn", pretrained=tmp_path / "list.pth")
+
+
+# --------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("head", HEAD_NAMES)
+@pytest.mark.parametrize("name", builtin_names())
+def test_one_output_per_level_with_its_classes(name, head):
+    hierarchy = load_hierarchy(name)
+    model = build_model(hierarchy, "light", head)
+    outputs = model(torch.randn(2, 3, 64, 64))
+    assert [o.shape[1] for o in outputs] == hierarchy.num_classes
+    # default skips: the finest level at layer1 (stride 4), the one above at layer2 (stride 8)
+    sides = {2: [8, 16], 3: [8, 8, 16]}[hierarchy.num_levels]
+    assert [tuple(o.shape) for o in outputs] == [(2, c, s, s) for c, s in zip(hierarchy.num_classes, sides)]
+
+
+def test_resnet_model_outputs():
+    outputs = build_model("pascal_person_part", "resnet18", "psp")(torch.randn(2, 3, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 8, 8), (2, 5, 8, 8), (2, 7, 16, 16)]
+
+
+@pytest.mark.parametrize("backbone,head", [("light", "psp"), ("light", "aspp"), ("resnet18", "fcn")])
+@pytest.mark.parametrize("stacked", [True, False])
+def test_gradients_reach_every_parameter(backbone, head, stacked):
+    torch.manual_seed(0)
+    model = build_model("lip", backbone, head, stacked=stacked)
+    outputs = model(torch.randn(2, 3, 64, 64))
+    loss = sum(F.cross_entropy(o, torch.randint(o.shape[1], (2, *o.shape[-2:]))) for o in outputs)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_flat_model_has_one_module_for_the_finest_level():
+    hierarchy = load_hierarchy("lip")
+    model = build_model(hierarchy, "light", "psp", stacked=False)
+    assert len(model.levels) == 1
+    assert not any(isinstance(m, RefineModule) for m in model.modules())
+    outputs = model(torch.randn(1, 3, 64, 64))
+    assert len(outputs) == 1 and tuple(outputs[0].shape) == (1, 20, 8, 8)
+    stacked = build_model(hierarchy, "light", "psp")
+    flat_names = {n for n, _ in model.named_parameters()}
+    assert {n for n, _ in stacked.named_parameters() if not n.startswith("levels.")} == \
+        {n for n in flat_names if not n.startswith("levels.")}
+
+
+@pytest.mark.parametrize("backbone", ["light", "resnet18"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_output_stride_is_honoured(backbone, output_stride):
+    model = build_model("cityscapes", backbone, "aspp", output_stride=output_stride).eval()
+    stages = model.backbone(torch.randn(1, 3, 64, 96))
+    assert [tuple(s.shape[-2:]) for s in stages] == [
+        (16, 24), (8, 12), (64 // min(16, output_stride), 96 // min(16, output_stride)),
+        (64 // output_stride, 96 // output_stride)]
+    coarse, fine = model(torch.randn(1, 3, 64, 96))
+    assert tuple(coarse.shape[-2:]) == (64 // output_stride, 96 // output_stride)
+    assert tuple(fine.shape[-2:]) == (16, 24)  # cityscapes' fine level skips from layer1
+
+
+def test_dilation_matches_torchvision_replace_stride_with_dilation():
+    # torchvision resnet50(replace_stride_with_dilation=[False, True, True]): the first block of a
+    # dilated stage keeps the previous dilation, later blocks use the new one; no strides.
+    with torch.device("meta"):
+        backbone = build_model("lip", "resnet50", "fcn", output_stride=8).backbone
+    conv = backbone.get_submodule
+    assert (conv("layer3.0.conv2").dilation, conv("layer3.0.conv2").stride) == ((1, 1), (1, 1))
+    assert conv("layer3.1.conv2").dilation == (2, 2)
+    assert (conv("layer4.0.conv2").dilation, conv("layer4.2.conv2").dilation) == ((2, 2), (4, 4))
+    assert conv("layer4.0.downsample.0").stride == (1, 1)
+    assert conv("layer2.0.conv2").stride == (2, 2)
+
+
+def test_bad_names_and_strides_list_the_choices():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9'; choices: " + ", ".join(BACKBONES)):
+        build_model("lip", "resnet9")
+    with pytest.raises(ValueError, match="unknown head 'unet'; choices: " + ", ".join(HEADS)):
+        build_model("lip", "light", "unet")
+    with pytest.raises(ValueError, match="output_stride must be one of .*got 32"):
+        build_model("lip", "light", "fcn", output_stride=32)
+
+
+# --------------------------------------------------------------------------- skips
+def test_custom_skips_set_module_inputs_and_resolution():
+    model = build_model("lip", "light", "fcn", skips=["layer1", 3])
+    assert model.skips == [None, "layer1", "layer3"]
+    sizes = [tuple(o.shape[-2:]) for o in model(torch.randn(1, 3, 64, 64))]
+    assert sizes == [(8, 8), (16, 16), (8, 8)]
+    assert model.levels[1].skip[0].in_channels == model.backbone.stage_channels[0]
+    assert model.levels[2].skip[0].in_channels == model.backbone.stage_channels[2]
+
+
+@pytest.mark.parametrize("disabled", [False, []])
+def test_skips_can_be_disabled(disabled):
+    model = build_model("lip", "light", "psp", skips=disabled)
+    assert model.skips == [None, None, None]
+    assert all(module.skip is None for module in model.levels[1:])
+    assert [tuple(o.shape[-2:]) for o in model(torch.randn(1, 3, 64, 64))] == [(8, 8)] * 3
+
+
+def test_skip_per_level_may_be_none():
+    model = build_model("lip", "light", "fcn", skips=[None, "layer1"])
+    assert model.levels[1].skip is None and model.levels[2].skip is not None
+
+
+@pytest.mark.parametrize("skips,message", [
+    (["layer1"], r"one entry per level after the first \(2\)"),
+    ("layer1", "one entry per level"),
+    (["layer1", "layer4"], "skip of level 2: unknown stage 'layer4'; choices: layer1, layer2, layer3"),
+    ([0, "layer1"], "skip of level 1: unknown stage 0"),
+])
+def test_bad_skips(skips, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("lip", "light", "fcn", skips=skips)
+
+
+def test_flat_model_rejects_skip_list():
+    with pytest.raises(ValueError, match="needs a stacked model"):
+        build_model("lip", "light", "fcn", stacked=False, skips=["layer2", "layer1"])
+
+
+# --------------------------------------------------------------------------- summary
+def test_describe_counts_match_flop_counter_and_parameters():
+    model = build_model("lip", "light", "aspp")
+    info = describe_model(model, (64, 96))
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, 64, 96))
+    assert info["total"]["multiply_adds"] * 2 == counter.get_total_flops()
+    assert info["total"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert [p["name"] for p in info["parts"]] == ["backbone", "head", "module 1", "module 2", "module 3"]
+    backbone = next(p for p in info["parts"] if p["name"] == "backbone")
+    assert backbone["parameters"] == sum(p.numel() for p in model.backbone.parameters())
+    fine = info["modules"][2]["inputs"]
+    assert fine["skip"] == {"stage": "layer1", "channels": 32, "size": [16, 24]}
+    assert fine["scores"] == {"from_module": 2, "channels": 5, "size": [8, 12]}
+    assert info["modules"][0]["inputs"]["scores"] is None
+    assert info["modules"][2]["output"] == {"channels": 20, "size": [16, 24]}
+    assert not model.training  # describe_model restores the mode it found
+    describe_model(model.train(), 32)
+    assert model.training
+
+
+# --------------------------------------------------------------------------- export
+def test_torch_export_matches_eager():
+    model = build_model("lip", "light", "psp").eval()
+    images = torch.randn(2, 3, 64, 64)
+    exported = torch.export.export(model, (images,))
+    for got, expected in zip(exported.module()(images), model(images)):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("head,side", [("fcn", 64), ("psp", 96)])
+def test_onnx_export_matches_eager(head, side):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    model = build_model("helen", "light", head).eval()
+    images = torch.randn(1, 3, side, side)
+    buffer = io.BytesIO()
+    # the TorchScript exporter: the dynamo one needs onnxscript, which is not installed here.
+    # PSP's adaptive pooling exports only where the deep features divide into 1/2/3/6 bins.
+    torch.onnx.export(model, (images,), buffer, dynamo=False, opset_version=17)
+    graph = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(graph)
+    outputs = ReferenceEvaluator(graph).run(None, {graph.graph.input[0].name: images.numpy()})
+    for got, expected in zip(outputs, model(images)):
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
