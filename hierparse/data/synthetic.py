@@ -44,7 +44,19 @@ HAIR_COLOURS = np.array(
 
 # Pattern bank: each material is colour_a + (colour_b - colour_a) * pattern(x, y).
 SOLID, STRIPES_A, STRIPES_B, CHECKS, BLOTCHES, SPECKLE, GRADIENT = range(7)
-GARMENT_PATTERNS = np.array([SOLID, SOLID, SOLID, STRIPES_A, STRIPES_B, CHECKS, BLOTCHES, SPECKLE])
+GARMENT_PATTERNS = (SOLID, SOLID, SOLID, STRIPES_A, STRIPES_B, CHECKS, BLOTCHES, SPECKLE)
+
+
+def _pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] | None = None):
+    """One of ``options``, uniformly or by ``weights`` (summing to 1); cheaper than ``rng.choice``."""
+    if weights is None:
+        return options[int(rng.integers(len(options)))]
+    roll = rng.random()
+    for option, weight in zip(options, weights):
+        roll -= weight
+        if roll < 0:
+            return option
+    return options[-1]
 
 
 class _Materials:
@@ -59,14 +71,14 @@ class _Materials:
         if len(self.patterns) == 255:
             return len(self.patterns) - 1
         self.patterns.append(pattern)
-        self.colours_a.append(np.clip(colour_a, 0, 255))
-        self.colours_b.append(np.clip(colour_b, 0, 255))
+        self.colours_a.append(colour_a)
+        self.colours_b.append(colour_b)
         return len(self.patterns) - 1
 
     def garment(self, rng: np.random.Generator) -> int:
         colour = rng.uniform(0, 255, 3)
         second = rng.uniform(0, 255, 3) if rng.random() < 0.6 else colour * rng.uniform(0.4, 0.8)
-        return self.add(int(rng.choice(GARMENT_PATTERNS)), colour, second)
+        return self.add(_pick(rng, GARMENT_PATTERNS), colour, second)
 
     def skin(self, rng: np.random.Generator) -> int:
         tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.normal(0, 8, 3)
@@ -88,7 +100,7 @@ class _Materials:
             if roll < 0.05:  # now and then the very same material: camouflage
                 return source
             shift = rng.normal(0, 12, 3)
-            pattern = int(rng.choice(GARMENT_PATTERNS))
+            pattern = _pick(rng, GARMENT_PATTERNS)
             return self.add(pattern, self.colours_a[source] + shift, self.colours_b[source] + shift)
         if roll < 0.5:
             return self.skin(rng)
@@ -132,20 +144,28 @@ def _lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[flo
 class _Person:
     """One person: outfit, pose and placement, drawn in the body frame (height 1, x = own left)."""
 
-    def __init__(self, rng: np.random.Generator, materials: _Materials, height: float, cx: float, top: float):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        materials: _Materials,
+        height: float,
+        cx: float,
+        top: float,
+        facing_back: bool | None = None,
+    ):
         self.rng = rng
         self.scale = height
         self.x_scale = height * rng.uniform(0.8, 1.3)
         self.cx, self.top = cx, top
         # Seen from the front, the person's own left is on the image's right.
-        self.facing_back = rng.random() < 0.3
+        self.facing_back = bool(rng.random() < 0.3) if facing_back is None else facing_back
         self.mirror = -1.0 if self.facing_back else 1.0
 
-        self.top_kind = str(rng.choice(["upper", "dress", "coat", "jumpsuit"], p=[0.42, 0.2, 0.23, 0.15]))
+        self.top_kind = _pick(rng, ("upper", "dress", "coat", "jumpsuit"), (0.42, 0.2, 0.23, 0.15))
         self.bottom_kind = (
-            str(rng.choice(["pants", "shorts", "skirt"], p=[0.5, 0.2, 0.3])) if self.top_kind in ("upper", "coat") else None
+            _pick(rng, ("pants", "shorts", "skirt"), (0.5, 0.2, 0.3)) if self.top_kind in ("upper", "coat") else None
         )
-        self.sleeves = "long" if self.top_kind == "coat" else str(rng.choice(["none", "short", "long"]))
+        self.sleeves = "long" if self.top_kind == "coat" else _pick(rng, ("none", "short", "long"))
         self.hat = rng.random() < 0.3
         self.sunglasses = not self.facing_back and rng.random() < 0.3
         self.gloves = rng.random() < 0.2
@@ -330,19 +350,20 @@ def _smooth_field(rng: np.random.Generator, height: int, width: int, cell: int) 
 
 def _pattern_bank(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """float32 ``[7, H, W]`` patterns in [0, 1], indexed by SOLID ... GRADIENT."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
     bank = np.empty((7, height, width), dtype=np.float32)
     bank[SOLID] = 0.0
     for index in (STRIPES_A, STRIPES_B):
         angle = rng.uniform(0, math.pi)
         period = rng.uniform(3, 10)
-        phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+        phase = (xs * (math.cos(angle) / period)) + (ys * (math.sin(angle) / period))
         bank[index] = (phase - np.floor(phase)) < 0.5
     cell = rng.uniform(3, 9)
-    bank[CHECKS] = (np.floor(xx / cell) + np.floor(yy / cell)) % 2
+    bank[CHECKS] = (np.floor(xs / cell) + np.floor(ys / cell)) % 2
     bank[BLOTCHES] = _smooth_field(rng, height, width, cell=8)
     bank[SPECKLE] = rng.random((height, width), dtype=np.float32) * 0.6
-    bank[GRADIENT] = yy / max(height - 1, 1)
+    bank[GRADIENT] = ys / max(height - 1, 1)
     return bank
 
 
@@ -374,14 +395,17 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
     """One synthetic image (uint8 ``HxWx3``) and its LIP raw-id label map (uint8 ``HxW``)."""
     materials = _Materials()
     backdrop = materials.garment(rng)
-    materials.patterns[backdrop] = int(rng.choice([GRADIENT, BLOTCHES, STRIPES_A, SOLID]))
+    materials.patterns[backdrop] = _pick(rng, (GRADIENT, BLOTCHES, STRIPES_A, SOLID))
     canvas = _Canvas(height, width)
 
-    count = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+    count = _pick(rng, (1, 2, 3), (0.55, 0.3, 0.15))
     people = []
-    for _ in range(count):
-        person_height = rng.uniform(0.45, 1.15) * height
-        cx = rng.uniform(-0.05, 1.05) * width
+    for number in range(count):
+        # The first person is the subject, roughly centred as in LIP's crops; others are anywhere.
+        if number == 0:
+            person_height, cx = rng.uniform(0.65, 1.3) * height, rng.uniform(0.25, 0.75) * width
+        else:
+            person_height, cx = rng.uniform(0.4, 1.1) * height, rng.uniform(-0.05, 1.05) * width
         top = rng.uniform(-0.15 * person_height, max(height - 0.8 * person_height, -0.05 * person_height))
         people.append(_Person(rng, materials, person_height, cx, top))
     people.sort(key=lambda person: person.scale)  # nearer (taller) people occlude farther ones
@@ -393,15 +417,16 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
 
     material = np.asarray(canvas.material)
     patterns = np.asarray(materials.patterns)
-    colour_a = np.asarray(materials.colours_a, dtype=np.float32)
-    colour_b = np.asarray(materials.colours_b, dtype=np.float32)
+    colour_a = np.clip(np.asarray(materials.colours_a, dtype=np.float32), 0, 255)
+    delta = np.clip(np.asarray(materials.colours_b, dtype=np.float32), 0, 255) - colour_a
     bank = _pattern_bank(rng, height, width).reshape(7, height * width)
     weight = bank[patterns[material].ravel(), np.arange(height * width)].reshape(height, width, 1)
-    image = colour_a[material] + (colour_b - colour_a)[material] * weight
+    image = colour_a[material]
+    image += delta[material] * weight
     light = 0.75 + 0.5 * _smooth_field(rng, height, width, cell=max(height, width) // 3)
-    noise = rng.normal(0, rng.uniform(2, 9), (height, width, 1)).astype(np.float32)
-    image = image * light[..., None] + noise
-    return np.clip(image, 0, 255).astype(np.uint8), np.array(canvas.label)
+    image *= light[..., None]
+    image += rng.standard_normal((height, width, 1), dtype=np.float32) * rng.uniform(2, 9)
+    return np.clip(image, 0, 255, out=image).astype(np.uint8), np.array(canvas.label)
 
 
 class SyntheticParsing(torch.utils.data.Dataset):
