@@ -32,7 +32,7 @@ class Variant:
     split_names: tuple[tuple[str, str], ...] = ()
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     label_suffix: str = ".png"
-    # Label files live beside the image in the same sub-folder (Cityscapes: one folder per city).
+    # Images may sit in sub-folders (Cityscapes: one per city); labels mirror the same sub-folders.
     recursive: bool = False
     # "png": one single-channel PNG of raw ids; "helen_maps": a folder of per-class maps.
     label_format: str = "png"
@@ -52,7 +52,8 @@ class Variant:
 
     def present(self, root: Path, split: str) -> bool:
         """Whether both the image and the label folder of ``split`` exist under ``root``."""
-        return self.image_folder(root, split) is not None and self._first_existing(root, self.labels, split) is not None
+        has_labels = self._first_existing(root, self.labels, split) is not None
+        return has_labels and self.image_folder(root, split) is not None
 
     def find(self, root: Path, split: str) -> list[tuple[Path, Path]]:
         """The (image, label) pairs of ``split``, in id-file order or sorted by path."""

@@ -68,8 +68,7 @@ class _Materials:
         self.colours_b: list[np.ndarray] = []
 
     def add(self, pattern: int, colour_a: np.ndarray, colour_b: np.ndarray) -> int:
-        if len(self.patterns) == 255:
-            return len(self.patterns) - 1
+        """A new material's index (the material map is uint8; an image uses well under 100)."""
         self.patterns.append(pattern)
         self.colours_a.append(colour_a)
         self.colours_b.append(colour_b)
@@ -186,17 +185,21 @@ class _Person:
         self.scarf_material = materials.garment(rng)
         self.sock_material = materials.garment(rng)
         self.shoe_material = materials.garment(rng) if rng.random() < 0.5 else materials.dark(rng)
-        self.garments = [self.top_material, self.bottom_material, self.inner_material, self.hat_material, self.scarf_material]
+        self.garments = [
+            self.top_material, self.bottom_material, self.inner_material, self.hat_material, self.scarf_material
+        ]
 
-        # Pose: angles from straight down, positive away from the body.
-        self.arm_angles = {
-            side: (a, a + rng.uniform(-1.6, 0.9))
-            for side in (+1, -1)
-            for a in [rng.uniform(2.0, 2.8) if rng.random() < 0.1 else rng.uniform(-0.2, 1.3)]
-        }
-        self.leg_angles = {
-            side: (a, a + rng.uniform(-0.35, 0.25)) for side in (+1, -1) for a in [rng.uniform(-0.05, 0.4)]
-        }
+        # Pose: (upper, lower) segment angles from straight down, positive away from the body.
+        def arm_pose() -> tuple[float, float]:
+            upper = rng.uniform(2.0, 2.8) if rng.random() < 0.1 else rng.uniform(-0.2, 1.3)  # 10% raised
+            return upper, upper + rng.uniform(-1.6, 0.9)
+
+        def leg_pose() -> tuple[float, float]:
+            upper = rng.uniform(-0.05, 0.4)
+            return upper, upper + rng.uniform(-0.35, 0.25)
+
+        self.arm_angles = {side: arm_pose() for side in (+1, -1)}
+        self.leg_angles = {side: leg_pose() for side in (+1, -1)}
 
     # ---------------------------------------------------------------- geometry
     def at(self, x: float, y: float) -> tuple[float, float]:
