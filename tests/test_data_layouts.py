@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -419,3 +420,9 @@ def test_generic_layout_needs_a_hierarchy(tmp_path):
     tree_generic(by_kind=False)(tmp_path, "train")
     with pytest.raises(ValueError, match="layout 'generic' has no hierarchy"):
         ParsingDataset(tmp_path, "generic", "train")
+
+
+def test_dataset_pickles_for_worker_processes(tmp_path):
+    expected = tree_schp(LIP_IDS)(tmp_path, "train")
+    dataset = pickle.loads(pickle.dumps(ParsingDataset(tmp_path, "lip", "train", undeclared="ignore")))
+    np.testing.assert_array_equal(dataset[0]["label"], expected["b"][1])
