@@ -19,8 +19,8 @@ def use_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    sources = [*sorted(glob.glob("csrc/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     link_flags = ["-fopenmp"]
     include_dirs = [os.path.abspath("csrc")]
     if use_cuda():
@@ -28,7 +28,7 @@ def extension():
             "hierparse._C",
             sources + sorted(glob.glob("csrc/cuda/*.cu")),
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=link_flags,
         )
     return CppExtension(

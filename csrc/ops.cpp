@@ -1,4 +1,4 @@
-// Operator schemas of the hierparse library; kernels live in cpu/ and cuda/.
+// Operator schemas of the hierparse library; the kernels live in cpu/ and cuda/.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -11,4 +11,11 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(hierparse, m) {
+  // Remaps raw label ids through `table` to every level and computes each level's softmax
+  // cross-entropy; with compute_grad, also writes d(losses)/d(logits) (already scaled) in the same
+  // pass. reduction: 0 none ([L, N, H, W]), 1 mean ([L]), 2 sum ([L]).
+  m.def(
+      "multilevel_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
+      "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad) "
+      "-> (Tensor, Tensor[])");
 }

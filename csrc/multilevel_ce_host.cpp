@@ -1,0 +1,160 @@
+#include "multilevel_ce_host.h"
+
+#include <string>
+
+namespace hierparse {
+namespace {
+
+std::string sizes_str(const at::Tensor& t) {
+  std::string out = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) out += (i ? ", " : "") + std::to_string(t.size(i));
+  return out + "]";
+}
+
+}  // namespace
+
+void check_label_range(int64_t min_label, int64_t max_label, int64_t K) {
+  TORCH_CHECK_VALUE(min_label >= 0, "multilevel_cross_entropy: labels contain raw id ", min_label,
+                    " but the table covers 0..", K - 1);
+  TORCH_CHECK_VALUE(max_label < K, "multilevel_cross_entropy: labels contain raw id ", max_label,
+                    " but the table covers 0..", K - 1);
+}
+
+Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+                        const c10::optional<at::Tensor>& class_weights,
+                        at::ArrayRef<double> level_weights, double label_smoothing,
+                        int64_t ignore_index, int64_t reduction) {
+  const int64_t L = static_cast<int64_t>(logits.size());
+  TORCH_CHECK_VALUE(L >= 1, "multilevel_cross_entropy: expected at least one level of logits");
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
+                    "multilevel_cross_entropy: reduction code ", reduction, " is not 0 (none), 1 (mean) or 2 (sum)");
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                    "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
+  TORCH_CHECK_VALUE(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type()) &&
+                        labels.scalar_type() != at::kBool,
+                    "multilevel_cross_entropy: labels must be an integer tensor of raw ids, got ",
+                    labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.dim() == 3, "multilevel_cross_entropy: labels must be [N, H, W], got ",
+                    sizes_str(labels));
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.size(0) == L,
+                    "multilevel_cross_entropy: table must be [L, K] with L = ", L,
+                    " levels of logits, got ", sizes_str(table));
+  TORCH_CHECK_VALUE(table.size(1) >= 1, "multilevel_cross_entropy: the table covers no raw id");
+  TORCH_CHECK_VALUE(!at::isFloatingType(table.scalar_type()) && table.scalar_type() != at::kBool,
+                    "multilevel_cross_entropy: table must be an integer tensor, got ", table.scalar_type());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(level_weights.size()) == L,
+                    "multilevel_cross_entropy: got ", level_weights.size(), " level weights for ", L, " levels");
+
+  const at::Device device = logits[0].device();
+  const at::ScalarType dtype = logits[0].scalar_type();
+  Plan plan;
+  plan.N = labels.size(0);
+  plan.H = labels.size(1);
+  plan.W = labels.size(2);
+  plan.K = table.size(1);
+  plan.reduction = static_cast<Reduction>(reduction);
+  plan.label_smoothing = label_smoothing;
+  plan.loss_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+
+  TORCH_CHECK_VALUE(labels.device() == device, "multilevel_cross_entropy: labels are on ", labels.device(),
+                    " but level 0 logits are on ", device);
+  TORCH_CHECK_VALUE(table.device() == device, "multilevel_cross_entropy: table is on ", table.device(),
+                    " but level 0 logits are on ", device);
+  int64_t total_classes = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& x = logits[l];
+    TORCH_CHECK_VALUE(x.device() == device, "multilevel_cross_entropy: level ", l, " logits are on ",
+                      x.device(), " but level 0 logits are on ", device);
+    TORCH_CHECK_VALUE(x.scalar_type() == dtype, "multilevel_cross_entropy: level ", l, " logits are ",
+                      x.scalar_type(), " but level 0 logits are ", dtype);
+    TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                      "multilevel_cross_entropy: logits must be float32, float64, float16 or bfloat16, got ", dtype);
+    TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == plan.N && x.size(2) == plan.H && x.size(3) == plan.W,
+                      "multilevel_cross_entropy: level ", l, " logits are ", sizes_str(x),
+                      " but labels are ", sizes_str(labels), " (expected [N, C, H, W] with the labels' N, H, W)");
+    TORCH_CHECK_VALUE(x.size(1) >= 1, "multilevel_cross_entropy: level ", l, " logits have no class");
+    LevelPlan level;
+    level.num_classes = x.size(1);
+    level.weight_offset = total_classes;
+    level.level_weight = level_weights[l];
+    total_classes += level.num_classes;
+    plan.levels.push_back(level);
+  }
+
+  // The table: every entry a class of its level or ignore_index.
+  const at::Tensor table_cpu = table.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* t = table_cpu.data_ptr<int64_t>();
+  at::Tensor table_i32 = at::empty({L, plan.K}, at::TensorOptions().dtype(at::kInt));
+  int32_t* out = table_i32.data_ptr<int32_t>();
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t k = 0; k < plan.K; ++k) {
+      const int64_t entry = t[l * plan.K + k];
+      TORCH_CHECK_VALUE(entry == ignore_index || (entry >= 0 && entry < plan.levels[l].num_classes),
+                        "multilevel_cross_entropy: table maps raw id ", k, " to class ", entry, " at level ", l,
+                        ", but level ", l, " logits have ", plan.levels[l].num_classes,
+                        " classes (0..", plan.levels[l].num_classes - 1, ") and ignore_index is ", ignore_index);
+      out[l * plan.K + k] = entry == ignore_index ? -1 : static_cast<int32_t>(entry);
+    }
+  }
+  plan.table = table_i32.to(device);
+
+  // Class weights, packed level after level.
+  if (class_weights.has_value() && class_weights->defined()) {
+    const at::Tensor& w = *class_weights;
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == total_classes,
+                      "multilevel_cross_entropy: packed class weights must have ", total_classes,
+                      " entries (the classes of all levels), got ", sizes_str(w));
+    TORCH_CHECK_VALUE(w.device() == device, "multilevel_cross_entropy: class weights are on ", w.device(),
+                      " but the logits are on ", device);
+    const at::Tensor w_cpu = w.to(at::kCPU, at::kDouble).contiguous();
+    const double* wp = w_cpu.data_ptr<double>();
+    for (LevelPlan& level : plan.levels) {
+      for (int64_t c = 0; c < level.num_classes; ++c) level.weight_sum += wp[level.weight_offset + c];
+    }
+    plan.class_weights = w.to(at::kFloat).contiguous();
+  } else {
+    for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);
+  }
+  return plan;
+}
+
+void set_level_scales(Plan& plan, const at::Tensor& label_counts) {
+  const at::Tensor counts = label_counts.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* n = counts.data_ptr<int64_t>();
+  const at::Tensor table = plan.table.to(at::kCPU);
+  const int32_t* t = table.data_ptr<int32_t>();
+  at::Tensor weights;
+  if (plan.class_weights.defined()) weights = plan.class_weights.to(at::kCPU, at::kDouble);
+  for (size_t l = 0; l < plan.levels.size(); ++l) {
+    LevelPlan& level = plan.levels[l];
+    if (plan.reduction != Reduction::Mean) {
+      level.grad_scale = level.loss_scale = level.level_weight;
+      continue;
+    }
+    double divisor = 0;
+    for (int64_t k = 0; k < plan.K; ++k) {
+      const int32_t target = t[l * plan.K + k];
+      if (target < 0 || n[k] == 0) continue;
+      const double w = weights.defined() ? weights.data_ptr<double>()[level.weight_offset + target] : 1.0;
+      divisor += static_cast<double>(n[k]) * w;
+    }
+    // A level without valid pixels contributes loss 0 and gradient 0 (PyTorch would give NaN).
+    level.grad_scale = level.loss_scale = divisor > 0 ? level.level_weight / divisor : 0.0;
+  }
+}
+
+at::Tensor allocate_losses(const Plan& plan, const at::Tensor& like) {
+  const int64_t L = static_cast<int64_t>(plan.levels.size());
+  const auto options = like.options().dtype(plan.loss_dtype);
+  if (plan.reduction == Reduction::None) return at::empty({L, plan.N, plan.H, plan.W}, options);
+  return at::empty({L}, options);
+}
+
+std::vector<at::Tensor> allocate_grads(at::TensorList logits, bool compute_grad) {
+  std::vector<at::Tensor> grads;
+  if (!compute_grad) return grads;
+  for (const at::Tensor& x : logits) grads.push_back(at::empty_like(x));
+  return grads;
+}
+
+}  // namespace hierparse

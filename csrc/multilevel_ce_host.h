@@ -1,0 +1,51 @@
+// Host-side part of the fused multi-level cross-entropy shared by the CPU and CUDA backends:
+// argument checks (all before any kernel runs), the int32 lookup table, per-level scales.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace hierparse {
+
+enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+struct LevelPlan {
+  int64_t num_classes = 0;
+  int64_t weight_offset = 0;  // start of this level's class weights in the packed weight tensor
+  double weight_sum = 0;      // W = sum of this level's class weights
+  double level_weight = 1;
+  double grad_scale = 0;      // multiplier of the per-pixel gradient
+  double loss_scale = 0;      // multiplier of the summed per-pixel losses ("mean"/"sum")
+};
+
+struct Plan {
+  at::Tensor table;          // int32 [L, K] on the logits' device, -1 where ignored
+  at::Tensor class_weights;  // float32 [sum C_l] on the logits' device, or undefined
+  std::vector<LevelPlan> levels;
+  int64_t N = 0, H = 0, W = 0, K = 0;
+  Reduction reduction = Reduction::Mean;
+  double label_smoothing = 0;
+  at::ScalarType loss_dtype = at::kFloat;  // float32, or float64 for float64 logits
+};
+
+// Validates every argument and prepares the table and weights; throws c10::Error with a message
+// naming the level and the offending values.
+Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+                        const c10::optional<at::Tensor>& class_weights,
+                        at::ArrayRef<double> level_weights, double label_smoothing,
+                        int64_t ignore_index, int64_t reduction);
+
+// Raises unless every label id lies in 0..K-1.
+void check_label_range(int64_t min_label, int64_t max_label, int64_t K);
+
+// Sets each level's gradient and loss scales from the label histogram (CPU int64 [K]): for "mean"
+// the divisor is the class-weight sum over valid pixels (a level without one gets scale 0).
+void set_level_scales(Plan& plan, const at::Tensor& label_counts);
+
+// Output tensors: losses ([L], or [L, N, H, W] for reduction "none") and, when asked, gradients
+// with the layout of each level's logits.
+at::Tensor allocate_losses(const Plan& plan, const at::Tensor& like);
+std::vector<at::Tensor> allocate_grads(at::TensorList logits, bool compute_grad);
+
+}  // namespace hierparse
