@@ -143,12 +143,9 @@ if HAS_EXTENSION:
         ctx.save_for_backward(*grads)
 
     def _is_one(grad: torch.Tensor) -> bool:
-        """True when the incoming gradient is all ones; only checked where that costs no sync."""
-        return (
-            not torch.compiler.is_compiling()
-            and grad.device.type == "cpu"
-            and bool(torch.all(grad == 1))
-        )
+        """True when the incoming gradient is all ones; checked only on real CPU tensors, where it
+        costs no device sync and no data-dependent branch in a traced graph."""
+        return type(grad) is torch.Tensor and grad.device.type == "cpu" and bool(torch.all(grad == 1))
 
     def _backward(ctx, grad_losses, _grad_grads):
         grads = ctx.saved_tensors
