@@ -94,9 +94,9 @@ class _Materials:
     def like_any(self, rng: np.random.Generator, existing: Sequence[int]) -> int:
         """A clutter material: often the colours of one of this image's people, else new."""
         roll = rng.random()
-        if existing and roll < 0.35:
+        if existing and roll < 0.2:
             source = int(existing[rng.integers(len(existing))])
-            if roll < 0.05:  # now and then the very same material: camouflage
+            if roll < 0.03:  # now and then the very same material: camouflage
                 return source
             shift = rng.normal(0, 12, 3)
             pattern = _pick(rng, GARMENT_PATTERNS)
@@ -374,7 +374,7 @@ def _draw_clutter(
     rng: np.random.Generator, canvas: _Canvas, materials: _Materials, reuse: list[int], height: int, width: int
 ) -> None:
     """Background shapes (boxes, blobs, polygons, poles) in colours and textures people also wear."""
-    for _ in range(rng.integers(4, 13)):
+    for _ in range(rng.integers(2, 9)):
         material = materials.like_any(rng, reuse)
         kind = rng.integers(4)
         cx, cy = rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height
@@ -406,7 +406,7 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
     for number in range(count):
         # The first person is the subject, roughly centred as in LIP's crops; others are anywhere.
         if number == 0:
-            person_height, cx = rng.uniform(0.65, 1.3) * height, rng.uniform(0.25, 0.75) * width
+            person_height, cx = rng.uniform(0.75, 1.35) * height, rng.uniform(0.3, 0.7) * width
         else:
             person_height, cx = rng.uniform(0.4, 1.1) * height, rng.uniform(-0.05, 1.05) * width
         top = rng.uniform(-0.15 * person_height, max(height - 0.8 * person_height, -0.05 * person_height))
