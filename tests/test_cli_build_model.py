@@ -24,8 +24,8 @@ def test_text_lists_modules_inputs_parts_and_merging_table(capsys):
     assert "model: lip (stacked, 3 modules), backbone light (output stride 8), head fcn" in out
     assert "1. level person (2 classes: Background, Person)" in out
     assert "2. level region (5 classes: Background, Head, Torso, Arms, Legs)" in out
-    # 128 px: deep features 16x16 (stride 8); layer1 32x32, 32 channels on the light backbone
-    assert "inputs: context 64ch 16x16; scores of module 2 5ch 16x16; skip layer1 32ch 32x32" in out
+    # 128 px: deep features 16x16 (stride 8); layer1 32x32, 24 channels on the light backbone
+    assert "inputs: context 48ch 16x16; scores of module 2 5ch 16x16; skip layer1 24ch 32x32" in out
     assert "output: 20ch 32x32 logits" in out
     total = sum(p.numel() for p in build_model("lip", "light", "fcn").parameters())
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()

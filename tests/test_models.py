@@ -270,7 +270,7 @@ def test_describe_counts_match_flop_counter_and_parameters():
     backbone = next(p for p in info["parts"] if p["name"] == "backbone")
     assert backbone["parameters"] == sum(p.numel() for p in model.backbone.parameters())
     fine = info["modules"][2]["inputs"]
-    assert fine["skip"] == {"stage": "layer1", "channels": 32, "size": [16, 24]}
+    assert fine["skip"] == {"stage": "layer1", "channels": 24, "size": [16, 24]}
     assert fine["scores"] == {"from_module": 2, "channels": 5, "size": [8, 12]}
     assert info["modules"][0]["inputs"]["scores"] is None
     assert info["modules"][2]["output"] == {"channels": 20, "size": [16, 24]}

@@ -145,8 +145,8 @@ def resnet101(output_stride: int = 8) -> ResNet:
 
 def light(output_stride: int = 8) -> ResNet:
     """One narrow basic block per stage and a 3x3 stem: trains in seconds on a CPU, no checkpoint."""
-    return ResNet(BasicBlock, (1, 1, 1, 1), output_stride, widths=(32, 64, 128, 256),
-                  stem_channels=32, stem_kernel=3)
+    return ResNet(BasicBlock, (1, 1, 1, 1), output_stride, widths=(24, 48, 96, 192),
+                  stem_channels=24, stem_kernel=3)
 
 
 BACKBONES: dict[str, Callable[[int], ResNet]] = {
