@@ -32,14 +32,23 @@ bench: $(VENV)/.built
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 # Builds the extension with CUDA in its own venv (CUDA build of torch) and checks the CUDA kernels
-# are registered; needs the CUDA 13.0 toolkit, not a GPU.
+# are registered; needs the CUDA 13.0 toolkit, not a GPU. The venv is reused while it holds that
+# torch; the build goes to .venv-cuda/build and .venv-cuda/tmp (ninja rebuilds only what changed),
+# never into the source tree, so it does not collide with the CPU build of `make test`.
+CUDA_TORCH_VERSION := $(patsubst torch==%,%,$(CUDA_TORCH_SPEC))
+CUDA_PY := $(CUDA_VENV)/bin/python
 cuda-check:
-	$(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_VENV)/bin/pip install --quiet "$(CUDA_TORCH_SPEC)" setuptools wheel ninja numpy pyyaml
+	@if $(CUDA_PY) -c 'import sys, torch; sys.exit(not (torch.__version__.split("+")[0] == "$(CUDA_TORCH_VERSION)" and torch.version.cuda))' 2>/dev/null; then \
+		echo "cuda-check: reusing $(CUDA_VENV) (torch $(CUDA_TORCH_VERSION), CUDA build)"; \
+	else \
+		$(PYTHON) -m venv $(CUDA_VENV) && \
+		$(CUDA_PY) -m pip install --quiet "$(CUDA_TORCH_SPEC)" setuptools wheel ninja numpy pyyaml; \
+	fi
+	PATH="$(CURDIR)/$(CUDA_VENV)/bin:$$PATH" \
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda-13.0} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \
-	CPATH="$$($(CUDA_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
-	$(CUDA_VENV)/bin/python setup.py build_ext --build-lib $(CUDA_VENV)/build --build-temp $(CUDA_VENV)/tmp
-	cd $(CUDA_VENV)/build && ../bin/python $(CURDIR)/tools/cuda_check.py
+	CPATH="$$($(CUDA_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
+	$(CUDA_PY) setup.py --quiet build_ext --build-lib $(CUDA_VENV)/build --build-temp $(CUDA_VENV)/tmp
+	$(CUDA_PY) tools/cuda_check.py
 
 clean:
 	rm -rf build *.egg-info hierparse/_C*.so

@@ -1,0 +1,367 @@
+// CUDA kernel of hierparse::multilevel_cross_entropy.
+//
+// Same semantics as csrc/cpu/multilevel_ce_cpu.cpp, and the same per-pixel arithmetic: both call
+// the HP_HOST_DEVICE functions of multilevel_ce.h.
+//
+// 1. Label pre-pass (one small kernel): min, max and histogram over 0..K-1 of the raw label ids;
+//    one [K + 2] int64 copy to the host, where check_label_range raises on ids outside the table
+//    (before the main kernel runs) and set_level_scales derives each level's "mean" divisor.
+// 2. Main kernel, one thread per pixel (grid-stride, 64-bit indices). Consecutive threads take
+//    consecutive w, so NCHW logits are read coalesced; any strides (channels_last) are honoured.
+//    Each pixel's raw label is read once and looked up for every level of the launch (up to
+//    kMaxLevels levels per launch, passed by value; more levels take more launches). Per level:
+//    pass 1 max over classes, pass 2 exp-sum (and the weighted d-sum with label smoothing), pass 3
+//    the loss and, when asked, the gradients. Passes 2 and 3 re-read the pixel's logits, which
+//    the first pass has just brought into L1/L2.
+// 3. Loss sums are deterministic: each thread accumulates its pixels in double, each block reduces
+//    its threads in a fixed tree into a [L, blocks] buffer (no floating-point atomics), and a
+//    second tiny kernel sums each level's row in a fixed order and multiplies by loss_scale. The
+//    grid size depends only on the device and the pixel count, so the same inputs on the same
+//    device give bitwise identical losses and gradients.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "multilevel_ce.h"
+#include "multilevel_ce_host.h"
+
+namespace hierparse {
+namespace {
+
+constexpr int kThreads = 256;    // threads per block of every kernel here (a power of two)
+constexpr int kMaxLevels = 8;    // levels handled by one launch of the main kernel
+constexpr int64_t kMaxSharedHistogram = 8192;  // label bins kept in shared memory (32 KiB)
+
+// ---------------------------------------------------------------------------------------------
+// Label pre-pass.
+
+// Pixel p (0 <= p < N*H*W, in NHW order) of a strided [N, H, W] tensor.
+struct PixelIndex {
+  int64_t HW, W;
+  int64_t s0, s1, s2;  // strides of N, H, W
+  __device__ __forceinline__ int64_t offset(int64_t p) const {
+    const int64_t n = p / HW;
+    const int64_t hw = p - n * HW;
+    const int64_t h = hw / W;
+    const int64_t w = hw - h * W;
+    return n * s0 + h * s1 + w * s2;
+  }
+};
+
+// stats: int64 [K + 2], zero on entry: counts of ids 0..K-1, then min and max of all ids (0 is
+// included in both, as in the CPU backend: only their comparison with 0..K-1 matters).
+template <typename label_t>
+__global__ void __launch_bounds__(kThreads)
+    label_stats_kernel(const label_t* __restrict__ labels, PixelIndex index, int64_t num_pixels,
+                       int64_t K, bool shared_histogram, unsigned long long* __restrict__ counts,
+                       long long* __restrict__ min_max) {
+  extern __shared__ unsigned int histogram[];  // K bins when shared_histogram
+  __shared__ long long block_min[kThreads];
+  __shared__ long long block_max[kThreads];
+  const int tid = threadIdx.x;
+  if (shared_histogram) {
+    for (int64_t k = tid; k < K; k += kThreads) histogram[k] = 0;
+    __syncthreads();
+  }
+  long long lo = 0, hi = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < num_pixels; p += stride) {
+    const long long id = static_cast<long long>(labels[index.offset(p)]);
+    lo = id < lo ? id : lo;
+    hi = id > hi ? id : hi;
+    if (id >= 0 && id < K) {
+      if (shared_histogram) {
+        atomicAdd(&histogram[id], 1u);
+      } else {
+        atomicAdd(&counts[id], 1ull);
+      }
+    }
+  }
+  block_min[tid] = lo;
+  block_max[tid] = hi;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) {
+      block_min[tid] = block_min[tid + s] < block_min[tid] ? block_min[tid + s] : block_min[tid];
+      block_max[tid] = block_max[tid + s] > block_max[tid] ? block_max[tid + s] : block_max[tid];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    atomicMin(&min_max[0], block_min[0]);  // integer atomics: the result does not depend on order
+    atomicMax(&min_max[1], block_max[0]);
+  }
+  if (shared_histogram) {
+    for (int64_t k = tid; k < K; k += kThreads) {
+      if (histogram[k] != 0) atomicAdd(&counts[k], static_cast<unsigned long long>(histogram[k]));
+    }
+  }
+}
+
+// Blocks for a grid-stride loop over num_pixels: as many as fit on the device at once (the
+// occupancy of `kernel`), fewer for small inputs. It depends only on the device, the kernel and
+// the pixel count, so results (block sums) are reproducible on the same device.
+template <typename Kernel>
+int64_t grid_size(Kernel kernel, int64_t num_pixels, size_t shared_bytes) {
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, shared_bytes));
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  const int64_t max_blocks = static_cast<int64_t>(props->multiProcessorCount) * std::max(blocks_per_sm, 1);
+  const int64_t needed = (num_pixels + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min(needed, max_blocks));
+}
+
+// Runs the pre-pass and returns the CPU int64 tensor [K + 2] (counts, min, max); synchronises.
+at::Tensor label_stats(const at::Tensor& labels, int64_t K) {
+  at::Tensor stats = at::zeros({K + 2}, labels.options().dtype(at::kLong));
+  const int64_t num_pixels = labels.numel();
+  if (num_pixels > 0) {
+    const PixelIndex index{labels.size(1) * labels.size(2), labels.size(2), labels.stride(0),
+                           labels.stride(1), labels.stride(2)};
+    const bool shared_histogram = K <= kMaxSharedHistogram;
+    const size_t shared_bytes = shared_histogram ? static_cast<size_t>(K) * sizeof(unsigned int) : 0;
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    auto* counts = reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>());
+    auto* min_max = reinterpret_cast<long long*>(stats.data_ptr<int64_t>() + K);
+    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_label_stats_cuda", [&] {
+      const int64_t blocks = grid_size(label_stats_kernel<scalar_t>, num_pixels, shared_bytes);
+      label_stats_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, shared_bytes, stream>>>(
+          labels.const_data_ptr<scalar_t>(), index, num_pixels, K, shared_histogram, counts, min_max);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return stats.cpu();  // waits for the kernel on the current stream
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main kernel.
+
+template <typename scalar_t, typename acc_t>
+struct LevelArgs {
+  const scalar_t* logits;
+  scalar_t* grad;           // nullptr without gradients
+  int64_t C;
+  int64_t xs[4];            // logits strides (N, C, H, W)
+  int64_t gs[4];            // gradient strides
+  const int32_t* table;     // row of K entries, -1 = ignored
+  const float* class_w;     // C weights or nullptr (all 1)
+  acc_t* loss_map;          // [N, H, W] in the compute type for reduction "none", else nullptr
+  LevelCoefficients<acc_t> k;
+};
+
+template <typename scalar_t, typename acc_t>
+struct KernelArgs {
+  LevelArgs<scalar_t, acc_t> levels[kMaxLevels];
+  int num_levels;  // levels used in this launch, 1..kMaxLevels
+  bool smoothing;
+  int64_t num_pixels, HW, W;
+  int64_t ls[3];       // label strides (N, H, W)
+  double* block_sums;  // [num_levels, gridDim.x] loss sums of each block, or nullptr ("none")
+};
+
+template <typename scalar_t, typename acc_t, typename label_t>
+__global__ void __launch_bounds__(kThreads)
+    multilevel_ce_kernel(const label_t* __restrict__ labels,
+                         const __grid_constant__ KernelArgs<scalar_t, acc_t> args) {
+  __shared__ double thread_sums[kMaxLevels][kThreads];
+  const int tid = threadIdx.x;
+  const int L = args.num_levels;
+  for (int l = 0; l < L; ++l) thread_sums[l][tid] = 0.0;
+
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < args.num_pixels; p += stride) {
+    const int64_t n = p / args.HW;
+    const int64_t hw = p - n * args.HW;
+    const int64_t h = hw / args.W;
+    const int64_t w = hw - h * args.W;
+    const label_t raw = labels[n * args.ls[0] + h * args.ls[1] + w * args.ls[2]];  // read once
+
+    for (int l = 0; l < L; ++l) {
+      const LevelArgs<scalar_t, acc_t>& a = args.levels[l];
+      const LevelCoefficients<acc_t>& k = a.k;
+      const int64_t C = a.C;
+      const int32_t target = lookup_target(raw, a.table);  // ids were range-checked on the host
+      const bool valid = target >= 0;
+      const scalar_t* x = a.logits + n * a.xs[0] + h * a.xs[2] + w * a.xs[3];
+      const int64_t xc = a.xs[1];
+
+      // Pass 1: the max over classes.
+      acc_t m = static_cast<acc_t>(x[0]);
+      for (int64_t c = 1; c < C; ++c) m = max_value(m, static_cast<acc_t>(x[c * xc]));
+      const acc_t d_target = valid ? static_cast<acc_t>(x[target * xc]) - m : acc_t(0);
+      const acc_t w_target = valid ? (a.class_w ? static_cast<acc_t>(a.class_w[target]) : acc_t(1)) : acc_t(0);
+
+      // Pass 2: the sum of exponentials (and sum_c w_c d_c with label smoothing).
+      acc_t sum = 0;
+      acc_t weighted_d = 0;
+      if (args.smoothing) {
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = static_cast<acc_t>(x[c * xc]) - m;
+          const acc_t wc = a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1);
+          weighted_d += wc * d;
+          sum += exp_nonpositive(d);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) sum += exp_nonpositive(static_cast<acc_t>(x[c * xc]) - m);
+      }
+
+      const acc_t loss = valid ? pixel_loss(k, log_positive(sum), d_target, w_target, weighted_d) : acc_t(0);
+      thread_sums[l][tid] += static_cast<double>(loss);
+      if (a.loss_map != nullptr) a.loss_map[p] = loss * k.scale;  // "none": level-weighted loss
+
+      // Pass 3: the gradients, already scaled.
+      if (a.grad != nullptr) {
+        const acc_t coeff = softmax_coefficient(k, w_target, acc_t(1) / sum, valid);
+        scalar_t* g = a.grad + n * a.gs[0] + h * a.gs[2] + w * a.gs[3];
+        const int64_t gc = a.gs[1];
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t e = exp_nonpositive(static_cast<acc_t>(x[c * xc]) - m);
+          const acc_t wc = a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1);
+          g[c * gc] = static_cast<scalar_t>(logit_gradient(k, e, coeff, wc, valid, target == c, w_target));
+        }
+      }
+    }
+  }
+
+  if (args.block_sums == nullptr) return;  // uniform over the grid: no divergent barrier below
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {  // fixed tree: deterministic
+    if (tid < s) {
+      for (int l = 0; l < L; ++l) thread_sums[l][tid] += thread_sums[l][tid + s];
+    }
+    __syncthreads();
+  }
+  if (tid < L) args.block_sums[static_cast<int64_t>(tid) * gridDim.x + blockIdx.x] = thread_sums[tid][0];
+}
+
+// The loss scales of up to kMaxLevels levels, passed by value.
+struct LossScales {
+  double value[kMaxLevels];
+};
+
+// One block per level l of a launch: losses[l] = scales[l] * sum of block_sums[l, :], summed in a
+// fixed order.
+template <typename loss_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_levels_kernel(const double* __restrict__ block_sums, int64_t num_blocks,
+                      const __grid_constant__ LossScales scales, loss_t* __restrict__ losses) {
+  __shared__ double partial[kThreads];
+  const int tid = threadIdx.x;
+  const int l = blockIdx.x;
+  double total = 0;
+  for (int64_t b = tid; b < num_blocks; b += kThreads) total += block_sums[l * num_blocks + b];
+  partial[tid] = total;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) partial[tid] += partial[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) losses[l] = static_cast<loss_t>(partial[0] * scales.value[l]);
+}
+
+template <typename scalar_t, typename acc_t, typename label_t>
+void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& labels, at::Tensor& losses,
+                   std::vector<at::Tensor>& grads, bool compute_grad) {
+  const int64_t L = static_cast<int64_t>(logits.size());
+  const int64_t num_pixels = plan.N * plan.H * plan.W;
+  const bool per_pixel = plan.reduction == Reduction::None;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = grid_size(multilevel_ce_kernel<scalar_t, acc_t, label_t>, num_pixels, 0);
+  at::Tensor block_sums;
+  if (!per_pixel) block_sums = at::empty({L, blocks}, labels.options().dtype(at::kDouble));
+  const float* weights = plan.class_weights.defined() ? plan.class_weights.const_data_ptr<float>() : nullptr;
+  const int32_t* table = plan.table.const_data_ptr<int32_t>();
+  const label_t* label_ptr = labels.const_data_ptr<label_t>();
+
+  for (int64_t first = 0; first < L; first += kMaxLevels) {  // more than kMaxLevels: several launches
+    KernelArgs<scalar_t, acc_t> args{};
+    args.num_levels = static_cast<int>(std::min<int64_t>(kMaxLevels, L - first));
+    args.smoothing = plan.label_smoothing != 0.0;
+    args.num_pixels = num_pixels;
+    args.HW = plan.H * plan.W;
+    args.W = plan.W;
+    for (int d = 0; d < 3; ++d) args.ls[d] = labels.stride(d);
+    args.block_sums = per_pixel ? nullptr : block_sums.data_ptr<double>() + first * blocks;
+    for (int i = 0; i < args.num_levels; ++i) {
+      const int64_t l = first + i;
+      const LevelPlan& lp = plan.levels[l];
+      LevelArgs<scalar_t, acc_t>& a = args.levels[i];
+      a.logits = logits[l].const_data_ptr<scalar_t>();
+      a.grad = compute_grad ? grads[l].data_ptr<scalar_t>() : nullptr;
+      a.C = lp.num_classes;
+      for (int d = 0; d < 4; ++d) {
+        a.xs[d] = logits[l].stride(d);
+        a.gs[d] = compute_grad ? grads[l].stride(d) : 0;
+      }
+      a.table = table + l * plan.K;
+      a.class_w = weights ? weights + lp.weight_offset : nullptr;
+      a.loss_map = per_pixel ? losses.data_ptr<acc_t>() + l * num_pixels : nullptr;
+      a.k = LevelCoefficients<acc_t>{static_cast<acc_t>(1.0 - plan.label_smoothing),
+                                     static_cast<acc_t>(plan.label_smoothing / static_cast<double>(lp.num_classes)),
+                                     static_cast<acc_t>(lp.weight_sum), static_cast<acc_t>(lp.grad_scale)};
+    }
+    multilevel_ce_kernel<scalar_t, acc_t, label_t>
+        <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(label_ptr, args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  if (per_pixel) return;
+  for (int64_t first = 0; first < L; first += kMaxLevels) {
+    const int64_t count = std::min<int64_t>(kMaxLevels, L - first);
+    LossScales scales{};
+    for (int64_t i = 0; i < count; ++i) scales.value[i] = plan.levels[first + i].loss_scale;
+    sum_levels_kernel<acc_t><<<static_cast<unsigned int>(count), kThreads, 0, stream>>>(
+        block_sums.const_data_ptr<double>() + first * blocks, blocks, scales,
+        losses.data_ptr<acc_t>() + first);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
+    at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+    const c10::optional<at::Tensor>& class_weights, at::ArrayRef<double> level_weights,
+    double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
+  // Checks every argument first (all tensors on one device, which is a CUDA device here).
+  Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
+                                 ignore_index, reduction);
+  TORCH_CHECK_VALUE(logits[0].is_cuda(), "multilevel_cross_entropy: the CUDA kernel got level 0 logits on ",
+                    logits[0].device());
+  const c10::cuda::CUDAGuard guard(logits[0].device());
+
+  const at::Tensor stats = label_stats(labels, plan.K);  // raises below before the main kernel runs
+  const int64_t* s = stats.const_data_ptr<int64_t>();
+  check_label_range(s[plan.K], s[plan.K + 1], plan.K);
+  set_level_scales(plan, stats.slice(0, 0, plan.K));
+
+  at::Tensor losses = allocate_losses(plan, logits[0]);
+  std::vector<at::Tensor> grads = allocate_grads(logits, compute_grad);
+  if (plan.N * plan.H * plan.W == 0) {
+    if (plan.reduction != Reduction::None) losses.zero_();
+    return {losses, grads};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits[0].scalar_type(),
+                                  "hierparse_multilevel_ce_cuda", [&] {
+    using logit_t = scalar_t;
+    using acc_t = std::conditional_t<std::is_same_v<logit_t, double>, double, float>;
+    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_multilevel_ce_cuda_labels", [&] {
+      launch_levels<logit_t, acc_t, scalar_t>(plan, logits, labels, losses, grads, compute_grad);
+    });
+  });
+  return {losses, grads};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hierparse, CUDA, m) {
+  m.impl("multilevel_cross_entropy", &multilevel_cross_entropy_cuda);
+}
+
+}  // namespace hierparse

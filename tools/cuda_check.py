@@ -1,0 +1,86 @@
+"""Checks that a CUDA build of hierparse's native library registers its CUDA kernels.
+
+Run by `make cuda-check` with the CUDA build of torch (no GPU needed): loads the extension built
+into .venv-cuda/build (or the path given as the first argument) with torch.ops.load_library and
+asserts that every hierparse operator has a CPU and a CUDA kernel, then runs the op once on the
+CPU of this build against F.cross_entropy (and on the GPU too when one is present). Exits non-zero
+otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPERATORS = ["hierparse::multilevel_cross_entropy"]
+DISPATCH_KEYS = ["CPU", "CUDA"]
+
+
+def find_library() -> str:
+    """The built extension: argv[1], or the one shared library under .venv-cuda/build/hierparse."""
+    if len(sys.argv) > 1:
+        return sys.argv[1]
+    found = sorted(glob.glob(os.path.join(ROOT, ".venv-cuda", "build", "hierparse", "_C*.so")))
+    if len(found) != 1:
+        sys.exit(f"cuda-check: FAILED: expected one built library in .venv-cuda/build/hierparse, found {found}")
+    return found[0]
+
+
+def smoke_test(device: str) -> str | None:
+    """One small call of the op (2 levels, ignored pixels, mean) against F.cross_entropy."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 3, 5), generator=gen, dtype=torch.uint8)
+    table = torch.tensor([[0, 1, 1, 255], [0, 1, 2, 255]])
+    logits = [torch.randn(2, c, 3, 5, generator=gen) for c in (2, 3)]
+    losses, grads = torch.ops.hierparse.multilevel_cross_entropy(
+        [x.to(device) for x in logits], labels.to(device), table.to(device), None, [1.0, 1.0], 0.0,
+        255, 1, True,
+    )
+    for level, x in enumerate(logits):
+        x = x.clone().requires_grad_()
+        expected = F.cross_entropy(x, table[level][labels.long()], ignore_index=255)
+        expected.backward()
+        if not torch.allclose(losses[level].cpu(), expected.detach(), rtol=1e-5, atol=1e-6):
+            return f"level {level} loss {losses[level].item()} != {expected.item()}"
+        if not torch.allclose(grads[level].cpu(), x.grad, rtol=1e-4, atol=1e-6):
+            return f"level {level} gradients differ from F.cross_entropy"
+    return None
+
+
+def main() -> int:
+    if torch.version.cuda is None:
+        print(f"cuda-check: FAILED: torch {torch.__version__} is not a CUDA build", file=sys.stderr)
+        return 1
+    path = find_library()
+    torch.ops.load_library(path)
+    missing = [
+        f"{op} has no {key} kernel"
+        for op in OPERATORS
+        for key in DISPATCH_KEYS
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+    ]
+    if missing:
+        print("cuda-check: FAILED: " + "; ".join(missing), file=sys.stderr)
+        return 1
+    checked = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in checked:
+        error = smoke_test(device)
+        if error:
+            print(f"cuda-check: FAILED: {device} smoke test: {error}", file=sys.stderr)
+            return 1
+    print(
+        f"cuda-check: OK: {', '.join(OPERATORS)} registered for {' and '.join(DISPATCH_KEYS)} "
+        f"(torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"library {os.path.relpath(path, ROOT)}, smoke test on {' and '.join(checked)})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
