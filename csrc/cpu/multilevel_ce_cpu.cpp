@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/gradient_pool.h"
 #include "multilevel_ce.h"
 #include "multilevel_ce_host.h"
 
@@ -76,6 +77,7 @@ inline __attribute__((always_inline)) double level_tile(
 
   const scalar_t* x = static_cast<const scalar_t*>(a.logits) + n * a.xs[0] + h * a.xs[2] + w0 * a.xs[3];
   for (int64_t p = 0; p < P; ++p) tgt[p] = lookup_target(raw[p], a.table);
+  // Load (converting to the compute type) and take the running max in the same pass.
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* xc = x + c * a.xs[1];
     acc_t* vc = v + c * P;
@@ -84,11 +86,11 @@ inline __attribute__((always_inline)) double level_tile(
     } else {
       for (int64_t p = 0; p < P; ++p) vc[p] = static_cast<acc_t>(xc[p * a.xs[3]]);
     }
-  }
-  for (int64_t p = 0; p < P; ++p) m[p] = v[p];
-  for (int64_t c = 1; c < C; ++c) {
-    const acc_t* vc = v + c * P;
-    for (int64_t p = 0; p < P; ++p) m[p] = max_value(m[p], vc[p]);
+    if (c == 0) {
+      for (int64_t p = 0; p < P; ++p) m[p] = vc[p];
+    } else {
+      for (int64_t p = 0; p < P; ++p) m[p] = max_value(m[p], vc[p]);
+    }
   }
   for (int64_t p = 0; p < P; ++p) {
     const bool valid = tgt[p] >= 0;
@@ -112,8 +114,15 @@ inline __attribute__((always_inline)) double level_tile(
   for (int64_t p = 0; p < P; ++p) {
     loss[p] = tgt[p] >= 0 ? pixel_loss(k, log_positive(sum[p]), dt[p], wt[p], wd[p]) : acc_t(0);
   }
+  // Sixteen independent partial sums: a vectorisable reduction instead of one serial chain.
+  constexpr int64_t kLanes = 16;
+  acc_t lanes[kLanes] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= P; p += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += loss[p + j];
   double loss_sum = 0;
-  for (int64_t p = 0; p < P; ++p) loss_sum += static_cast<double>(loss[p]);
+  for (; p < P; ++p) loss_sum += static_cast<double>(loss[p]);
+  for (int64_t j = 0; j < kLanes; ++j) loss_sum += static_cast<double>(lanes[j]);
   if (loss_out != nullptr) {  // reduction "none": the level-weighted loss of each pixel
     for (int64_t p = 0; p < P; ++p) loss_out[p] = loss[p] * k.scale;
   }
@@ -124,14 +133,14 @@ inline __attribute__((always_inline)) double level_tile(
   for (int64_t c = 0; c < C; ++c) {
     acc_t* vc = v + c * P;
     const acc_t wc = a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1);
-    for (int64_t p = 0; p < P; ++p) {
-      vc[p] = logit_gradient(k, vc[p], sum[p], wc, tgt[p] >= 0, tgt[p] == c, wt[p]);
-    }
     scalar_t* gc = g + c * a.gs[1];
     if (a.gs[3] == 1) {
-      for (int64_t p = 0; p < P; ++p) gc[p] = static_cast<scalar_t>(vc[p]);
+      for (int64_t p = 0; p < P; ++p)
+        gc[p] = static_cast<scalar_t>(logit_gradient(k, vc[p], sum[p], wc, tgt[p] >= 0, tgt[p] == c, wt[p]));
     } else {
-      for (int64_t p = 0; p < P; ++p) gc[p * a.gs[3]] = static_cast<scalar_t>(vc[p]);
+      for (int64_t p = 0; p < P; ++p)
+        gc[p * a.gs[3]] =
+            static_cast<scalar_t>(logit_gradient(k, vc[p], sum[p], wc, tgt[p] >= 0, tgt[p] == c, wt[p]));
     }
   }
   return loss_sum;
@@ -228,7 +237,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   set_level_scales(plan, counts);
 
   at::Tensor losses = allocate_losses(plan, logits[0]);
-  std::vector<at::Tensor> grads = allocate_grads(logits, compute_grad);
+  std::vector<at::Tensor> grads;
+  if (compute_grad) {
+    for (const at::Tensor& x : logits) grads.push_back(pooled_empty_like(x));
+  }
   const int64_t L = static_cast<int64_t>(logits.size());
   KernelArgs args;
   args.N = plan.N;

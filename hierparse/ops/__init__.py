@@ -140,6 +140,7 @@ if HAS_EXTENSION:
         ctx.reduction = inputs[7]
         grads = output[1]
         ctx.mark_non_differentiable(*grads)
+        ctx.set_materialize_grads(False)  # else autograd fills a logits-sized zero "gradient" per level
         ctx.save_for_backward(*grads)
 
     def _is_one(grad: torch.Tensor) -> bool:
@@ -149,6 +150,8 @@ if HAS_EXTENSION:
 
     def _backward(ctx, grad_losses, _grad_grads):
         grads = ctx.saved_tensors
+        if grad_losses is None:  # the losses were not used
+            return [None] * len(grads), None, None, None, None, None, None, None, None
         if not grads:
             raise RuntimeError(
                 "multilevel_cross_entropy was called with compute_grad=False; no gradient was kept"

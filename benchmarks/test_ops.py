@@ -1,0 +1,132 @@
+"""Fused multi-level cross-entropy vs the naive PyTorch code (results: benchmarks/RESULTS.md).
+
+Input: 3 levels with 2/5/20 classes, N=8, 256x256, 10% ignored pixels. Naive = the table lookup
+by indexing + F.cross_entropy per level + autograd (hierparse.ops.reference). Training cases
+take d(sum of losses)/d(logits) with torch.autograd.grad (logits are a model's intermediate
+outputs in training: nothing accumulates into .grad).
+
+Run: .venv/bin/python -m pytest benchmarks/test_ops.py --benchmark-only --benchmark-group-by=group
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from hierparse import ops
+
+CLASSES = (2, 5, 20)
+N, H, W = 8, 256, 256
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def problem(device: str, dtype: torch.dtype = torch.float32, requires_grad: bool = True):
+    g = torch.Generator().manual_seed(0)
+    table = torch.full((len(CLASSES), 256), 255, dtype=torch.int64)
+    for level, c in enumerate(CLASSES):
+        table[level, :20] = torch.arange(20) % c
+    labels = torch.randint(0, 20, (N, H, W), generator=g, dtype=torch.uint8)
+    labels[torch.rand(N, H, W, generator=g) < 0.1] = 255
+    logits = [torch.randn(N, c, H, W, generator=g).to(device, dtype).requires_grad_(requires_grad) for c in CLASSES]
+    return logits, labels.to(device), table.to(device)
+
+
+IMPLEMENTATIONS = {"fused": ops.multilevel_cross_entropy, "naive": ops.reference.multilevel_cross_entropy}
+
+
+def synchronized(fn, device):
+    if device != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_train_step_float32(benchmark, impl, device):
+    benchmark.group = f"forward+backward float32 {device}"
+    logits, labels, table = problem(device)
+    loss_fn = IMPLEMENTATIONS[impl]
+
+    def step():
+        return torch.autograd.grad(loss_fn(logits, labels, table).sum(), logits)
+
+    benchmark.extra_info["bytes_floor"] = bytes_floor(logits, labels, with_grad=True)
+    benchmark.pedantic(synchronized(step, device), rounds=20, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_evaluation_forward_float32(benchmark, impl, device):
+    benchmark.group = f"forward only (no grad) float32 {device}"
+    logits, labels, table = problem(device, requires_grad=False)
+    loss_fn = IMPLEMENTATIONS[impl]
+
+    def forward():
+        with torch.no_grad():
+            return loss_fn(logits, labels, table)
+
+    benchmark.extra_info["bytes_floor"] = bytes_floor(logits, labels, with_grad=False)
+    benchmark.pedantic(synchronized(forward, device), rounds=20, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_train_step_bfloat16(benchmark, impl, device):
+    benchmark.group = f"forward+backward bfloat16 {device}"
+    logits, labels, table = problem(device, torch.bfloat16)
+    loss_fn = IMPLEMENTATIONS[impl]
+
+    def step():
+        return torch.autograd.grad(loss_fn(logits, labels, table).sum(), logits)
+
+    benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2)
+
+
+def bytes_floor(logits, labels, *, with_grad: bool) -> int:
+    """Bytes that must move at least once: logits read (+ gradients written) + labels read."""
+    logit_bytes = sum(x.numel() * x.element_size() for x in logits)
+    return logit_bytes * (2 if with_grad else 1) + labels.numel() * labels.element_size()
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    sys.path.insert(0, {benchmarks!r})
+    from test_ops import problem, IMPLEMENTATIONS
+    logits, labels, table = problem("cpu")
+    gradient_bytes = sum(x.numel() * x.element_size() for x in logits)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    grads = torch.autograd.grad(IMPLEMENTATIONS[sys.argv[1]](logits, labels, table).sum(), logits)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({{"extra": after - before, "gradients": gradient_bytes}}))
+    """
+)
+
+
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_peak_memory_of_a_training_step(impl, tmp_path):
+    """Peak resident memory of one CPU training step on top of the inputs, in a fresh process.
+
+    Goal for the fused op: no more than the gradients themselves (the step must return them).
+    """
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_SCRIPT.format(benchmarks=str(__import__("pathlib").Path(__file__).parent)))
+    result = subprocess.run([sys.executable, str(script), impl], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    ratio = numbers["extra"] / numbers["gradients"]
+    print(f"\n{impl}: peak extra {numbers['extra'] / 2**20:.1f} MiB = {ratio:.2f} x the gradients "
+          f"({numbers['gradients'] / 2**20:.1f} MiB)")
+    if impl == "fused":
+        assert ratio <= 1.05, f"fused step keeps {ratio:.2f}x the gradients' size on top of the inputs"
