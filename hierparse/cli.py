@@ -7,7 +7,10 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from hierparse.evaluate import add_evaluate
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+from hierparse.predict import add_predict
+from hierparse.train import add_train
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -184,7 +187,7 @@ def run_build_model(args) -> int:
 
 
 # ---------------------------------------------------------------------- entry point
-PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model]
+PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_train, add_evaluate, add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,9 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only commands that take KEY VALUE overrides (train) accept arguments they do not declare
+        if "overrides" not in vars(args):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     try:
         return args.func(args)
+    except HierarchyError as error:
+        print_problems(error)
+        return 2
     except USER_ERRORS as error:
         print(f"hierparse: error: {error}", file=sys.stderr)
         return 2

@@ -1,13 +1,23 @@
-"""Prediction: from a model's per-level logits to class maps at the image size."""
+"""Prediction: from a model's per-level logits to class maps at the image size; ``hierparse predict``."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from hierparse.data import eval_transform, read_image
+from hierparse.engine import distributed
+from hierparse.engine.checkpoint import model_from_checkpoint
+from hierparse.engine.io import atomic_write, writable_dir
+from hierparse.engine.visualize import paint, save_panels
 from hierparse.hierarchy import Hierarchy
+from hierparse.models import StackedParser
 
 DECODE_MODES = ("independent", "consistent")
 
@@ -72,3 +82,60 @@ def decode(
                           for scores, index in zip(resized, chain))
         fine = path_scores.argmax(dim=1)
     return [index[fine] for index in chain]
+
+
+@torch.no_grad()
+def predict_batch(model: StackedParser, images: torch.Tensor, hierarchy: Hierarchy, size: tuple[int, int],
+                  mode: str = "independent") -> list[torch.Tensor]:
+    """Per-level class maps ``[N, H, W]`` (coarse -> fine) of a batch of normalised images, decoded at ``size``."""
+    return decode(model(images), hierarchy, size, mode)
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """An RGB or single-channel uint8 array as a PNG, atomically."""
+    atomic_write(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
+
+
+# ---------------------------------------------------------------------- command
+def add_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="parse images with a checkpoint: colour PNG per level, raw-id PNG, side-by-side figure")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by hierparse train")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--decode", choices=DECODE_MODES, help="decoding (default: the run's)")
+    p.add_argument("--size", type=int, metavar="N",
+                   help="the network sees the image resized to NxN (default: the run's eval_size; 0: native); "
+                        "outputs always have the image's own size")
+    p.add_argument("--hierarchy", help="expected hierarchy; a checkpoint trained for another one is an error")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    device = distributed.setup(args.device)
+    model, hierarchy, checkpoint = model_from_checkpoint(args.checkpoint, device, args.hierarchy)
+    paths = [Path(image) for image in args.images]
+    stems = [path.stem for path in paths]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"several images are named {repeated[0]!r}; their outputs would overwrite each other")
+    images = [read_image(path) for path in paths]  # every input is readable before anything is written
+    out = writable_dir(args.out)
+    size = checkpoint["config"]["eval_size"] if args.size is None else args.size or None
+    transform = eval_transform(hierarchy, size, mode="resize" if size else "none")
+    decode_mode = args.decode or checkpoint["config"]["decode"]
+
+    for path, image in zip(paths, images):
+        sample = transform({"image": image, "label": np.zeros(image.shape[:2], np.uint8), "path": str(path)})
+        preds = predict_batch(model, sample["image"][None].to(device), hierarchy, image.shape[:2], decode_mode)
+        painted = [paint(pred[0].cpu(), hierarchy, level) for level, pred in enumerate(preds)]
+        for name, picture in zip(hierarchy.level_names, painted):
+            save_png(picture, out / f"{path.stem}_{name}.png")
+        save_png(hierarchy.to_raw(preds[-1][0].cpu()).numpy(), out / f"{path.stem}_raw.png")
+        save_panels([[image, *painted]], ["image", *hierarchy.level_names], out / f"{path.stem}_figure.png",
+                    panel_inches=2.5)
+        print(f"{path}: {', '.join(f'{path.stem}_{name}.png' for name in hierarchy.level_names)}, "
+              f"{path.stem}_raw.png, {path.stem}_figure.png")
+    print(f"wrote {len(paths) * (hierarchy.num_levels + 2)} files to {out}")
+    return 0

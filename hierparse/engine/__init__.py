@@ -1,0 +1,1 @@
+"""What the commands share: checkpoints, atomic files, torchrun set-up, resumable sampling, pictures."""

@@ -1,0 +1,415 @@
+"""``python -m hierparse.train`` / ``hierparse train``: train a stacked parser, evaluate it, write a run directory.
+
+With no arguments: the light stacked PSP model on synthetic LIP-like people with ``lip.yaml``,
+a few minutes on a 2-core CPU, then per-level mIoU. Configuration: :mod:`hierparse.config`.
+Under ``torchrun --nproc_per_node=K -m hierparse.train ...`` every process trains on its shard
+with DistributedDataParallel (gloo on CPU, nccl on GPU); only rank 0 writes.
+
+Run directory (``out``)::
+
+    config.yaml  hierarchy.yaml  last.pt  best.pt  metrics.jsonl  loss.png  miou.png  samples.png  tb/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+from torch.nn.parallel import DistributedDataParallel
+
+from hierparse import config as configuration
+from hierparse.data import build_dataset
+from hierparse.engine import distributed
+from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
+                                        load_checkpoint, model_config, restore_rng)
+from hierparse.engine.io import save_torch, to_json, write_text, writable_dir
+from hierparse.engine.sampling import EpochSampler, SeededSamples
+from hierparse.engine.visualize import plot_curves
+from hierparse.evaluate import build_eval_dataset, eval_loader, evaluate_model, save_sample_grid
+from hierparse.hierarchy import load_hierarchy
+from hierparse.losses import HierarchicalLoss
+from hierparse.metrics import format_metrics
+
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss; the message names the iteration and the level."""
+
+
+class PolyWarmup:
+    """Learning-rate factor: linear warm-up from ``warmup_factor`` to 1, then ``(1 - it / max_iters) ** power``."""
+
+    def __init__(self, max_iters: int, warmup_iters: int, warmup_factor: float, power: float):
+        self.max_iters, self.warmup_iters = max_iters, warmup_iters
+        self.warmup_factor, self.power = warmup_factor, power
+
+    def __call__(self, iteration: int) -> float:
+        decay = max(0.0, 1 - iteration / self.max_iters) ** self.power
+        if iteration < self.warmup_iters:
+            progress = iteration / self.warmup_iters
+            return decay * (self.warmup_factor + (1 - self.warmup_factor) * progress)
+        return decay
+
+
+def build_optimizer(model: torch.nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW; no weight decay on norm weights and biases (1-d parameters)."""
+    decayed = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    plain = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decayed, "weight_decay": config["weight_decay"]}, {"params": plain, "weight_decay": 0.0}]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
+    return torch.optim.AdamW(groups, lr=config["lr"])
+
+
+def cpu_threads(config: dict[str, Any]) -> int:
+    """Torch threads per process: ``threads``, else the cores left to each process after its data workers."""
+    if config["threads"] is not None:
+        return config["threads"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // distributed.world_size() - config["workers"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Trainer:
+    """One training run: data, model, optimiser, schedule, evaluation, checkpoints and logs."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.device = distributed.setup(config["device"])
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        if config["amp"] == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp fp16 needs a GPU; use amp bf16 on the CPU")
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(config))
+        self.out = Path(config["out"])
+        self.hierarchy = load_hierarchy(config["hierarchy"])
+        self.train_set, self.val_set = self._datasets()
+        checkpoint = self._checkpoint_to_resume()
+        self._prepare_run_dir()
+
+        seed_everything(config["seed"] + self.rank)
+        self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(self.device)
+        self.level_names = self.model.level_names
+        self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
+                                     class_weights=config["class_weights"],
+                                     label_smoothing=config["label_smoothing"]).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
+                                       config["poly_power"]))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
+        self.iteration, self.best_miou, self.history, self.result = 0, -math.inf, [], None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.saved_iteration = self.iteration if checkpoint is not None else None
+        self.network: torch.nn.Module = self.model
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.network = DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.sampler = EpochSampler(self.train_set, self.world, self.rank, config["seed"])
+        self.iters_per_epoch = self.sampler.num_samples // config["batch_size"]
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} images, fewer than one batch of "
+                f"{config['batch_size']} per process ({self.world} processes); lower batch_size")
+        self.train_loader = torch.utils.data.DataLoader(
+            SeededSamples(self.train_set, config["seed"]), batch_size=config["batch_size"], sampler=self.sampler,
+            num_workers=config["workers"], pin_memory=self.device.type == "cuda", drop_last=True,
+            persistent_workers=config["workers"] > 0,
+            generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
+        )
+        self.val_loader = eval_loader(self.val_set, config, self.device)
+        self.events = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.events = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration if checkpoint else None)
+        if checkpoint is not None:  # last, so that nothing above shifts the restored random streams
+            restore_rng(checkpoint["rng"][self.rank % len(checkpoint["rng"])])
+
+    # ------------------------------------------------------------------ set-up
+    def _datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+        config = self.config
+        options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
+        train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
+                                  transform="train", size=config["crop_size"], **options)
+        if len(train_set) == 0:
+            raise ValueError(f"dataset {config['dataset']!r} split {config['train_split']!r} under "
+                             f"{config['root']} has no samples")
+        return train_set, build_eval_dataset(config, self.hierarchy, config["val_split"])
+
+    def _checkpoint_to_resume(self) -> dict[str, Any] | None:
+        if not self.config["resume"]:
+            return None
+        path = self.out / "last.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist (train without resume first)")
+        checkpoint = load_checkpoint(path)
+        checkpoint_hierarchy(checkpoint, path, self.hierarchy)
+        if checkpoint["model_config"] != model_config(self.config):
+            raise ValueError(f"cannot resume: {path} holds a model {checkpoint['model_config']}, "
+                             f"the config asks for {model_config(self.config)}")
+        return checkpoint
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0 checks the folder is writable and saves config and hierarchy; every rank sees its error."""
+        failure = None
+        if self.main:
+            try:
+                writable_dir(self.out, "run directory")
+                if not self.config["resume"]:
+                    if (self.out / "last.pt").exists():
+                        self.log(f"starting a new run in {self.out} (resume true would continue the one there)")
+                    for stale in [self.out / "metrics.jsonl", *(self.out / "tb").glob("events.out.tfevents.*")]:
+                        stale.unlink(missing_ok=True)
+                write_text(self.out / "config.yaml", configuration.dump({**self.config, "resume": False}))
+                source = Path(self.hierarchy.source)
+                write_text(self.out / "hierarchy.yaml", source.read_text() if source.is_file() else self.hierarchy.to_yaml())
+            except OSError as error:
+                failure = error
+        message = distributed.broadcast_object(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise PermissionError(message)
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iteration, self.best_miou = checkpoint["iteration"], checkpoint["best_miou"]
+        if self.main and (self.out / "metrics.jsonl").exists():
+            records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
+            self.history = [record for record in records if record["iter"] <= self.iteration]
+            write_text(self.out / "metrics.jsonl", "".join(to_json(record) + "\n" for record in self.history))
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One optimiser step; returns the per-level losses averaged over processes (detached)."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        amp = self.config["amp"]
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[amp], enabled=amp is not None):
+            logits = self.network(images)
+        losses = self.loss([scores.float() for scores in logits], labels)
+        reported = losses.detach().clone()
+        if self.world > 1:
+            torch.distributed.all_reduce(reported)
+            reported /= self.world
+        if not torch.isfinite(reported).all():
+            level = int((~torch.isfinite(reported)).nonzero()[0])
+            kept = ("no checkpoint was written" if self.saved_iteration is None else
+                    f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is intact")
+            raise TrainingDiverged(
+                f"the loss of level {level} ({self.level_names[level]}) is {reported[level].item()} at iteration "
+                f"{self.iteration + 1}; training stopped, {kept} (try a lower lr)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.sum()).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        return reported
+
+    def run(self) -> None:
+        """Train to ``max_iters``, evaluating every ``eval_interval``; ``result`` holds the last evaluation."""
+        config = self.config
+        if self.iteration >= config["max_iters"]:
+            self.log(f"{self.out / 'last.pt'} is already at iteration {self.iteration} of {config['max_iters']}")
+            return
+        self.log(f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
+                 f"on {config['dataset']} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
+                 f"for {config['max_iters']} iterations of {config['batch_size']}x{self.world} images; "
+                 f"{self.device}, {torch.get_num_threads()} threads, run directory {self.out}")
+        progress = self._progress_bar()
+        window = {"losses": torch.zeros(len(self.level_names)), "steps": 0, "start": time.perf_counter()}
+        while self.iteration < config["max_iters"]:
+            epoch, done = divmod(self.iteration, self.iters_per_epoch)
+            self.sampler.set_epoch(epoch)
+            self.sampler.skip = done * config["batch_size"]
+            for batch in self.train_loader:
+                window["losses"] += self.train_step(batch).cpu()
+                window["steps"] += 1
+                if progress is not None:
+                    progress.update(1)
+                if self.iteration % config["log_interval"] == 0 or self.iteration == config["max_iters"]:
+                    self._log_training(window, progress)
+                    window = {"losses": torch.zeros(len(self.level_names)), "steps": 0, "start": time.perf_counter()}
+                if self.iteration % config["eval_interval"] == 0 or self.iteration == config["max_iters"]:
+                    self._evaluate_and_checkpoint(progress)
+                    window["start"] = time.perf_counter()
+                if self.iteration >= config["max_iters"]:
+                    break
+        if progress is not None:
+            progress.close()
+
+    def _progress_bar(self):
+        if not (self.main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.config["max_iters"], initial=self.iteration, desc="train", dynamic_ncols=True)
+
+    def _log_training(self, window: dict[str, Any], progress) -> None:
+        if not self.main or window["steps"] == 0:
+            return
+        losses = (window["losses"] / window["steps"]).tolist()
+        speed = window["steps"] * self.config["batch_size"] * self.world / (time.perf_counter() - window["start"])
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = {"type": "train", "iter": self.iteration, "loss": sum(losses),
+                  "losses": dict(zip(self.level_names, losses)), "lr": lr, "images_per_s": speed}
+        self._record(record)
+        self.events.add_scalar("train/loss", record["loss"], self.iteration)
+        for name, value in record["losses"].items():
+            self.events.add_scalar(f"train/loss_{name}", value, self.iteration)
+        self.events.add_scalar("train/lr", lr, self.iteration)
+        self.events.add_scalar("train/images_per_s", speed, self.iteration)
+        if progress is not None:
+            progress.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{speed:.1f}")
+        else:
+            per_level = " ".join(f"{name} {value:.3f}" for name, value in record["losses"].items())
+            self.log(f"iter {self.iteration}/{self.config['max_iters']}  loss {record['loss']:.3f} ({per_level})  "
+                     f"lr {lr:.2e}  {speed:.1f} img/s")
+
+    def _evaluate_and_checkpoint(self, progress) -> None:
+        self.result = result = evaluate_model(self.network, self.val_loader, self.hierarchy, self.device,
+                                              self.config["decode"])
+        fine_miou = result["levels"][-1]["miou"]
+        improved = not math.isnan(fine_miou) and fine_miou > self.best_miou
+        if improved:
+            self.best_miou = fine_miou
+        rng = distributed.all_gather_objects(capture_rng())
+        if not self.main:
+            return
+        record = {"type": "eval", "iter": self.iteration,
+                  "miou": {entry["name"]: entry["miou"] for entry in result["levels"]},
+                  "merged_miou": {entry["name"]: entry["miou"] for entry in result["merged"]},
+                  "pixel_acc": {entry["name"]: entry["pixel_acc"] for entry in result["levels"]},
+                  "consistency": result["consistency"]}
+        self._record(record)
+        for group in ("miou", "merged_miou", "pixel_acc"):
+            for name, value in record[group].items():
+                self.events.add_scalar(f"val/{group}_{name}", value, self.iteration)
+        self.events.add_scalar("val/consistency", result["consistency"], self.iteration)
+        self.events.flush()
+        checkpoint = {
+            "format": FORMAT, "hierarchy_yaml": self.hierarchy.to_yaml(), "model_config": model_config(self.config),
+            "config": self.config, "iteration": self.iteration, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng, "best_miou": self.best_miou, "metrics": result,
+        }
+        save_torch(checkpoint, self.out / "last.pt")
+        self.saved_iteration = self.iteration
+        if improved:
+            save_torch(checkpoint, self.out / "best.pt")
+        plot_curves(self.history, self.hierarchy.level_names, self.out)
+        save_sample_grid(self.model, self.val_set, self.hierarchy, self.device, self.config["decode"],
+                         self.out / "samples.png")
+        modules = "  ".join(f"{entry['name']} {100 * entry['miou']:.1f}" for entry in result["levels"])
+        self.log(f"iter {self.iteration}: val mIoU {modules}  consistency {100 * result['consistency']:.1f}%"
+                 f"{'  (best)' if improved else ''}", progress)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.out / "metrics.jsonl", "a") as stream:
+            stream.write(to_json(record) + "\n")
+
+    def log(self, message: str, progress=None) -> None:
+        """Print on rank 0 (through the progress bar when there is one)."""
+        if not self.main:
+            return
+        if progress is not None:
+            progress.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+
+def train(config: dict[str, Any]) -> Trainer:
+    """Run the training a resolved config describes; the finished trainer (``model``, ``result``) on every process."""
+    trainer = Trainer(config)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer
+
+
+# ---------------------------------------------------------------------- command
+def add_train(subparsers) -> None:
+    keys = "\n".join(f"  {key} (default {json.dumps(value)})" for key, value in configuration.DEFAULTS.items())
+    p = subparsers.add_parser(
+        "train", help="train a stacked parser (no arguments: synthetic LIP-like data on the CPU, a few minutes)",
+        usage="%(prog)s [-h] [--config FILE] [KEY VALUE | --key value | --flag ...]",
+        description="Train, evaluate, write a run directory. Settings: defaults < --config FILE < KEY VALUE "
+                    "or --key value pairs on the command line (e.g. max_iters 200 --lr 0.01 --resume "
+                    "--out=runs/x).",
+        epilog=f"config keys:\n{keys}", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE", help="YAML file of config keys (see configs/)")
+    p.set_defaults(func=run_train, overrides=[])  # cli.main passes the arguments it does not know as overrides
+
+
+def resolve_config(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The run's config; resuming without --config starts from the run directory's saved config.yaml."""
+    config = configuration.resolve(config_file, overrides)
+    saved = Path(config["out"]) / "config.yaml"
+    if config["resume"] and config_file is None and saved.is_file():
+        config = configuration.resolve(None, overrides, base={**configuration.DEFAULTS,
+                                                              **configuration.load_yaml(saved)})
+    return config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = resolve_config(args.config, args.overrides)
+    start = time.perf_counter()
+    try:
+        trainer = train(config)
+        if trainer.result is not None and trainer.main:
+            print(f"\nfinal evaluation ({len(trainer.val_set)} {config['val_split']} images, "
+                  f"decode {config['decode']}):\n")
+            print(format_metrics(trainer.result))
+            print(f"\nrun directory {config['out']}; total time {format_duration(time.perf_counter() - start)}")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hierparse.train ...``, the same as ``hierparse train ...``."""
+    from hierparse.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
