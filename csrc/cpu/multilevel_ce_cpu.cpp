@@ -147,59 +147,68 @@ inline __attribute__((always_inline)) double level_tile(
 }
 
 // All levels of the tiles [begin, end): labels are read once per tile and looked up per level.
+// Every level of one tile; `raw` holds the tile's label ids, read once for all levels.
 template <typename scalar_t, typename acc_t>
-inline __attribute__((always_inline)) void run_tiles(const KernelArgs& args, const int32_t* raw_labels,
-                                                     int64_t begin, int64_t end) {
-  int64_t max_classes = 0;
-  for (const LevelArgs& a : args.levels) max_classes = std::max(max_classes, a.C);
-  Scratch<acc_t> scratch(max_classes);
-  const int64_t L = static_cast<int64_t>(args.levels.size());
+inline __attribute__((always_inline)) void tile_all_levels(const KernelArgs& args, int64_t tile,
+                                                           const int32_t* raw, Scratch<acc_t>& scratch) {
+  const int64_t row = tile / args.tiles_per_row;  // n * H + h
+  const int64_t w0 = (tile % args.tiles_per_row) * kTile;
+  const int64_t P = std::min(kTile, args.W - w0);
+  const int64_t n = row / args.H, h = row % args.H;
   const bool smoothing = args.label_smoothing != 0.0;
-  for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t row = tile / args.tiles_per_row;  // n * H + h
-    const int64_t w0 = (tile % args.tiles_per_row) * kTile;
-    const int64_t P = std::min(kTile, args.W - w0);
-    const int64_t n = row / args.H, h = row % args.H;
-    const int32_t* raw = raw_labels + row * args.W + w0;
-    for (int64_t l = 0; l < L; ++l) {
-      const LevelArgs& a = args.levels[l];
-      const LevelCoefficients<acc_t> k{static_cast<acc_t>(1.0 - args.label_smoothing),
-                                       static_cast<acc_t>(args.label_smoothing / static_cast<double>(a.C)),
-                                       static_cast<acc_t>(a.weight_sum), static_cast<acc_t>(a.grad_scale)};
-      acc_t* loss_out = args.loss_map
-                            ? static_cast<acc_t*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
-                            : nullptr;
-      args.tile_sums[l * args.num_tiles + tile] =
-          level_tile<scalar_t, acc_t>(a, k, smoothing, n, h, w0, P, raw, scratch, loss_out);
-    }
+  for (size_t l = 0; l < args.levels.size(); ++l) {
+    const LevelArgs& a = args.levels[l];
+    const LevelCoefficients<acc_t> k{static_cast<acc_t>(1.0 - args.label_smoothing),
+                                     static_cast<acc_t>(args.label_smoothing / static_cast<double>(a.C)),
+                                     static_cast<acc_t>(a.weight_sum), static_cast<acc_t>(a.grad_scale)};
+    acc_t* loss_out = args.loss_map
+                          ? static_cast<acc_t*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
+                          : nullptr;
+    args.tile_sums[l * args.num_tiles + tile] =
+        level_tile<scalar_t, acc_t>(a, k, smoothing, n, h, w0, P, raw, scratch, loss_out);
   }
 }
 
-// The hot loop, compiled once per instruction set (see HP_CPU_CLONES) for each logits dtype.
-HP_CPU_CLONES void run_tiles_float(const KernelArgs& a, const int32_t* r, int64_t b, int64_t e) {
-  run_tiles<float, float>(a, r, b, e);
+// The hot code, compiled once per instruction set (see HP_CPU_CLONES) for each logits dtype.
+using TileFn = void (*)(const KernelArgs&, int64_t, const int32_t*, void*);
+HP_CPU_CLONES void tile_float(const KernelArgs& a, int64_t t, const int32_t* r, void* s) {
+  tile_all_levels<float, float>(a, t, r, *static_cast<Scratch<float>*>(s));
 }
-HP_CPU_CLONES void run_tiles_half(const KernelArgs& a, const int32_t* r, int64_t b, int64_t e) {
-  run_tiles<at::Half, float>(a, r, b, e);
+HP_CPU_CLONES void tile_half(const KernelArgs& a, int64_t t, const int32_t* r, void* s) {
+  tile_all_levels<at::Half, float>(a, t, r, *static_cast<Scratch<float>*>(s));
 }
-HP_CPU_CLONES void run_tiles_bfloat16(const KernelArgs& a, const int32_t* r, int64_t b, int64_t e) {
-  run_tiles<at::BFloat16, float>(a, r, b, e);
+HP_CPU_CLONES void tile_bfloat16(const KernelArgs& a, int64_t t, const int32_t* r, void* s) {
+  tile_all_levels<at::BFloat16, float>(a, t, r, *static_cast<Scratch<float>*>(s));
 }
-void run_tiles_double(const KernelArgs& a, const int32_t* r, int64_t b, int64_t e) {
-  run_tiles<double, double>(a, r, b, e);
+void tile_double(const KernelArgs& a, int64_t t, const int32_t* r, void* s) {
+  tile_all_levels<double, double>(a, t, r, *static_cast<Scratch<double>*>(s));
 }
 
-// Raw labels as contiguous int32 plus their histogram over 0..K-1; raises on ids outside it.
-at::Tensor labels_to_int32_with_counts(const at::Tensor& labels, int64_t K, at::Tensor& counts) {
-  at::Tensor raw = at::empty(labels.sizes(), labels.options().dtype(at::kInt));
+// Tiles [begin, end): copies each tile's labels (any integer type) to int32, then runs `fn`.
+template <typename label_t, typename acc_t>
+void run_tiles(const KernelArgs& args, const label_t* labels, TileFn fn, int64_t begin, int64_t end) {
+  int64_t max_classes = 0;
+  for (const LevelArgs& a : args.levels) max_classes = std::max(max_classes, a.C);
+  Scratch<acc_t> scratch(max_classes);
+  int32_t raw[kTile];
+  for (int64_t tile = begin; tile < end; ++tile) {
+    const int64_t row = tile / args.tiles_per_row;
+    const int64_t w0 = (tile % args.tiles_per_row) * kTile;
+    const int64_t P = std::min(kTile, args.W - w0);
+    const label_t* src = labels + row * args.W + w0;
+    for (int64_t p = 0; p < P; ++p) raw[p] = static_cast<int32_t>(src[p]);
+    fn(args, tile, raw, &scratch);
+  }
+}
+
+// Histogram of the label ids over 0..K-1 (for the "mean" divisor); raises on ids outside it.
+at::Tensor label_counts(const at::Tensor& labels, int64_t K) {
   const int64_t numel = labels.numel();
   constexpr int64_t kChunks = 64;
   const int64_t chunk = (numel + kChunks - 1) / kChunks;
   std::vector<int64_t> local_counts(kChunks * K, 0), local_min(kChunks, 0), local_max(kChunks, 0);
-  const at::Tensor contiguous = labels.contiguous();
-  AT_DISPATCH_INTEGRAL_TYPES(contiguous.scalar_type(), "hierparse_label_counts", [&] {
-    const scalar_t* src = contiguous.data_ptr<scalar_t>();
-    int32_t* dst = raw.data_ptr<int32_t>();
+  AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_label_counts", [&] {
+    const scalar_t* src = labels.data_ptr<scalar_t>();
     at::parallel_for(0, kChunks, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t ci = cb; ci < ce; ++ci) {
         const int64_t begin = ci * chunk, end = std::min(numel, begin + chunk);
@@ -210,7 +219,6 @@ at::Tensor labels_to_int32_with_counts(const at::Tensor& labels, int64_t K, at::
           lo = std::min(lo, id);
           hi = std::max(hi, id);
           if (id >= 0 && id < K) ++hist[id];
-          dst[i] = static_cast<int32_t>(id);
         }
         local_min[ci] = lo;
         local_max[ci] = hi;
@@ -219,11 +227,11 @@ at::Tensor labels_to_int32_with_counts(const at::Tensor& labels, int64_t K, at::
   });
   check_label_range(*std::min_element(local_min.begin(), local_min.end()),
                     *std::max_element(local_max.begin(), local_max.end()), K);
-  counts = at::zeros({K}, at::kLong);
+  at::Tensor counts = at::zeros({K}, at::kLong);
   int64_t* total = counts.data_ptr<int64_t>();
   for (int64_t ci = 0; ci < kChunks; ++ci)
     for (int64_t k = 0; k < K; ++k) total[k] += local_counts[ci * K + k];
-  return raw;
+  return counts;
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
@@ -232,9 +240,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
                                  ignore_index, reduction);
-  at::Tensor counts;
-  const at::Tensor raw = labels_to_int32_with_counts(labels, plan.K, counts);
-  set_level_scales(plan, counts);
+  const at::Tensor contiguous_labels = labels.contiguous();
+  set_level_scales(plan, label_counts(contiguous_labels, plan.K));
 
   at::Tensor losses = allocate_losses(plan, logits[0]);
   std::vector<at::Tensor> grads;
@@ -272,14 +279,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   }
 
   if (plan.N * plan.H * plan.W > 0) {
-    const int32_t* raw_ptr = raw.data_ptr<int32_t>();
-    at::parallel_for(0, args.num_tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
-      switch (logits[0].scalar_type()) {
-        case at::kFloat: run_tiles_float(args, raw_ptr, begin, end); break;
-        case at::kHalf: run_tiles_half(args, raw_ptr, begin, end); break;
-        case at::kBFloat16: run_tiles_bfloat16(args, raw_ptr, begin, end); break;
-        default: run_tiles_double(args, raw_ptr, begin, end); break;
-      }
+    const at::ScalarType dtype = logits[0].scalar_type();
+    const TileFn fn = dtype == at::kFloat      ? tile_float
+                      : dtype == at::kHalf     ? tile_half
+                      : dtype == at::kBFloat16 ? tile_bfloat16
+                                               : tile_double;
+    AT_DISPATCH_INTEGRAL_TYPES(contiguous_labels.scalar_type(), "hierparse_multilevel_ce_cpu", [&] {
+      const scalar_t* label_ptr = contiguous_labels.data_ptr<scalar_t>();
+      at::parallel_for(0, args.num_tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
+        if (dtype == at::kDouble) {
+          run_tiles<scalar_t, double>(args, label_ptr, fn, begin, end);
+        } else {
+          run_tiles<scalar_t, float>(args, label_ptr, fn, begin, end);
+        }
+      });
     });
   }
 
