@@ -58,7 +58,11 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={
+        # onnx: the ONNX export test; cityscapesscripts: the official Cityscapes evaluation that
+        # the metrics are checked against.
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "cityscapesscripts"],
+    },
     entry_points={"console_scripts": ["hierparse = hierparse.cli:main"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
