@@ -128,11 +128,14 @@ def test_builtin_hierarchy_table_on_raw_lip_ids():
     check_against_reference(logits, labels, h.label_table(), label_smoothing=0.1)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gradcheck_float64(reduction):
-    logits, labels, table = random_problem(classes=(2, 3), n=1, h=3, w=5, num_ids=4, dtype=torch.float64, seed=4)
+def test_gradcheck_float64(reduction, device):
+    logits, labels, table = random_problem(classes=(2, 3), n=1, h=3, w=5, num_ids=4, dtype=torch.float64, seed=4,
+                                           device=device)
     logits = [x.requires_grad_(True) for x in logits]
-    weights = [torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.3, 1.7], dtype=torch.float64)]
+    weights = [torch.tensor([0.5, 2.0], dtype=torch.float64, device=device),
+               torch.tensor([1.0, 0.3, 1.7], dtype=torch.float64, device=device)]
 
     def fn(*xs):
         return ops.multilevel_cross_entropy(list(xs), labels, table, class_weights=weights, label_smoothing=0.1,
@@ -170,8 +173,9 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, r)
 
 
-def test_level_without_valid_pixels_gives_zero_loss_and_gradient():
-    logits, labels, table = random_problem(classes=(2, 5), num_ids=6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_level_without_valid_pixels_gives_zero_loss_and_gradient(device):
+    logits, labels, table = random_problem(classes=(2, 5), num_ids=6, device=device)
     table[1, :] = IGNORE  # level 1 ignores everything
     leaves = [x.requires_grad_(True) for x in logits]
     for reduction in ("mean", "sum"):
@@ -182,16 +186,18 @@ def test_level_without_valid_pixels_gives_zero_loss_and_gradient():
         assert torch.count_nonzero(grads[0]) > 0
 
 
-def test_all_pixels_ignored_and_single_class():
-    logits, labels, table = random_problem(classes=(1, 3), num_ids=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_pixels_ignored_and_single_class(device):
+    logits, labels, table = random_problem(classes=(1, 3), num_ids=3, device=device)
     check_against_reference(logits, labels, table)  # one-class level: loss 0, gradient 0
     labels.fill_(IGNORE)
     losses = ops.multilevel_cross_entropy(logits, labels, table)
-    assert torch.equal(losses, torch.zeros(2))
+    assert torch.equal(losses.cpu(), torch.zeros(2))
 
 
-def test_stable_for_huge_and_minus_infinite_logits():
-    logits, labels, table = random_problem(classes=(3, 6), num_ids=6, ignored=0.0, scale=1e4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_stable_for_huge_and_minus_infinite_logits(device):
+    logits, labels, table = random_problem(classes=(3, 6), num_ids=6, ignored=0.0, scale=1e4, device=device)
     check_against_reference(logits, labels, table)
     targets = table[1][labels.long()]
     x = logits[1].clone()
@@ -200,8 +206,9 @@ def test_stable_for_huge_and_minus_infinite_logits():
     check_against_reference([logits[0], x], labels, table)
 
 
-def test_nan_logits_give_nan_not_a_crash():
-    logits, labels, table = random_problem(classes=(2, 3), num_ids=3, ignored=0.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_logits_give_nan_not_a_crash(device):
+    logits, labels, table = random_problem(classes=(2, 3), num_ids=3, ignored=0.0, device=device)
     logits[1][0, 0, 0, 0] = float("nan")
     losses = ops.multilevel_cross_entropy(logits, labels, table)
     assert torch.isnan(losses[1]) and torch.isfinite(losses[0])
@@ -225,8 +232,9 @@ def test_gradients_keep_the_logits_layout():
     assert all(g.stride() == x.stride() for g, x in zip(grads, leaves))
 
 
-def test_deterministic_across_runs_and_thread_counts():
-    logits, labels, table = random_problem(n=4, h=33, w=300)
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_across_runs_and_thread_counts(device):
+    logits, labels, table = random_problem(n=4, h=33, w=300, device=device)
     leaves = [x.requires_grad_(True) for x in logits]
     threads = torch.get_num_threads()
     results = []
@@ -273,8 +281,9 @@ def bad(match, logits, labels, table, **options):
         ops.multilevel_cross_entropy(logits, labels, table, **options)
 
 
-def test_labels_outside_the_table():
-    logits, labels, table = random_problem(classes=(2, 3), num_ids=3, ignored=0.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_labels_outside_the_table(device):
+    logits, labels, table = random_problem(classes=(2, 3), num_ids=3, ignored=0.0, device=device)
     labels = labels.long()
     labels[0, 0, 0] = 37
     bad("labels contain raw id 37 but the table covers 0..19", logits, labels, table[:, :20])
@@ -282,8 +291,9 @@ def test_labels_outside_the_table():
     bad("labels contain raw id -1", logits, labels, table)
 
 
-def test_table_entry_beyond_the_level_classes():
-    logits, labels, table = random_problem(classes=(2, 3), num_ids=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_table_entry_beyond_the_level_classes(device):
+    logits, labels, table = random_problem(classes=(2, 3), num_ids=3, device=device)
     table[1, 7] = 3
     bad(r"table maps raw id 7 to class 3 at level 1, but level 1 logits have 3 classes", logits, labels, table)
     table[1, 7] = -5
