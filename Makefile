@@ -45,7 +45,7 @@ cuda-check:
 		$(CUDA_PY) -m pip install --quiet "$(CUDA_TORCH_SPEC)" setuptools wheel ninja numpy pyyaml; \
 	fi
 	PATH="$(CURDIR)/$(CUDA_VENV)/bin:$$PATH" \
-	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda-13.0} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda-13.0} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX" \
 	CPATH="$$($(CUDA_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
 	$(CUDA_PY) setup.py --quiet build_ext --build-lib $(CUDA_VENV)/build --build-temp $(CUDA_VENV)/tmp
 	$(CUDA_PY) tools/cuda_check.py

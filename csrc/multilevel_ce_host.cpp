@@ -30,10 +30,11 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
                     "multilevel_cross_entropy: reduction code ", reduction, " is not 0 (none), 1 (mean) or 2 (sum)");
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
                     "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
-  TORCH_CHECK_VALUE(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type()) &&
-                        labels.scalar_type() != at::kBool,
-                    "multilevel_cross_entropy: labels must be an integer tensor of raw ids, got ",
-                    labels.scalar_type());
+  const at::ScalarType label_type = labels.scalar_type();
+  TORCH_CHECK_VALUE(label_type == at::kByte || label_type == at::kChar || label_type == at::kShort ||
+                        label_type == at::kInt || label_type == at::kLong,
+                    "multilevel_cross_entropy: labels must be an integer tensor of raw ids (uint8, int8, int16, "
+                    "int32 or int64), got ", label_type);
   TORCH_CHECK_VALUE(labels.dim() == 3, "multilevel_cross_entropy: labels must be [N, H, W], got ",
                     sizes_str(labels));
   TORCH_CHECK_VALUE(table.dim() == 2 && table.size(0) == L,

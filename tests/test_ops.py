@@ -313,7 +313,9 @@ def test_shape_mismatches():
 
 def test_float_labels_and_tables():
     logits, labels, table = random_problem(classes=(2, 3), num_ids=3)
-    bad("labels must be an integer tensor of raw ids, got Float", logits, labels.float(), table)
+    bad("labels must be an integer tensor of raw ids", logits, labels.float(), table)
+    bad(r"labels must be an integer tensor of raw ids \(uint8, int8, int16, int32 or int64\), got UInt16", logits,
+        labels.to(torch.uint16), table)
     bad("table must be an integer tensor, got Float", logits, labels, table.float())
 
 
