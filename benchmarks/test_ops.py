@@ -11,9 +11,11 @@ Run: .venv/bin/python -m pytest benchmarks/test_ops.py --benchmark-only --benchm
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -91,6 +93,41 @@ def test_train_step_bfloat16(benchmark, impl, device):
         return torch.autograd.grad(loss_fn(logits, labels, table).sum(), logits)
 
     benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["forward+backward", "forward"])
+def test_speedup_interleaved(benchmark, mode, device):
+    """Fused vs naive alternating round by round (order swapped each round), so load from other
+    jobs hits both alike: the ratio of medians, and the fused op's share of the bandwidth floor."""
+    benchmark.group = f"speed-up, interleaved {device}"
+    logits, labels, table = problem(device, requires_grad=mode == "forward+backward")
+
+    def runner(fn):
+        def run():
+            if mode == "forward":
+                with torch.no_grad():
+                    fn(logits, labels, table)
+            else:
+                torch.autograd.grad(fn(logits, labels, table).sum(), logits)
+        return synchronized(run, device)
+
+    fused, naive = runner(IMPLEMENTATIONS["fused"]), runner(IMPLEMENTATIONS["naive"])
+    times = {"fused": [], "naive": []}
+    for round_ in range(12):
+        for name in (("fused", "naive") if round_ % 2 else ("naive", "fused")):
+            fn = fused if name == "fused" else naive
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    fused_s, naive_s = statistics.median(times["fused"][2:]), statistics.median(times["naive"][2:])
+    floor = bytes_floor(logits, labels, with_grad=mode != "forward")
+    benchmark.extra_info.update(fused_ms=fused_s * 1e3, naive_ms=naive_s * 1e3, speedup=naive_s / fused_s,
+                                fused_GBps=floor / fused_s / 1e9)
+    print(f"\n{device} {mode}: fused {fused_s * 1e3:.1f} ms, naive {naive_s * 1e3:.1f} ms, "
+          f"speed-up {naive_s / fused_s:.1f}x, fused moves the floor's {floor / 2**20:.0f} MiB at "
+          f"{floor / fused_s / 1e9:.1f} GB/s")
+    benchmark.pedantic(fused, rounds=3)
 
 
 def bytes_floor(logits, labels, *, with_grad: bool) -> int:
