@@ -14,12 +14,7 @@ from hierparse.data import ParsingDataset, SyntheticParsing, train_transform
 BATCH = 50  # samples per timed round, so per-sample numbers are not dominated by timer overhead
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def per_second(benchmark, count: int) -> float:

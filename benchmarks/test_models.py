@@ -21,12 +21,7 @@ from hierparse import build_model
 GOAL_RATIO = 1.10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def training_step(model: torch.nn.Module, images: torch.Tensor):
