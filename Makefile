@@ -31,6 +31,11 @@ test: $(VENV)/.built
 bench: $(VENV)/.built
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
+# Does coarse-to-fine stacking help? 4 variants x 3 seeds on synthetic LIP-like data, under 60 min on
+# 2 cores; writes benchmarks/study.{md,png,json} (run directories in runs/study).
+study: $(VENV)/.built
+	$(PY) benchmarks/study.py
+
 # Builds the extension with CUDA in its own venv (CUDA build of torch) and checks the CUDA kernels
 # are registered; needs the CUDA 13.0 toolkit, not a GPU. The venv is reused while it holds that
 # torch; the build goes to .venv-cuda/build and .venv-cuda/tmp (ninja rebuilds only what changed),

@@ -1,0 +1,315 @@
+"""Does coarse-to-fine stacking help? Trains and scores four variants over several seeds (issue 7).
+
+On the synthetic LIP-like people with the ``lip`` hierarchy (person -> 5 regions -> 20 parts), with
+the same light backbone, PSP head, data and schedule, only the part that is studied changes:
+
+1. ``flat``: one module for the 20 parts (the base network as published);
+2. ``stacked, no skips``: three modules, stack connections only;
+3. ``stacked + skips``: the default model (skips from ``layer2`` and ``layer1``);
+4. ``stacked + skips, fine-weighted``: the default model with level weights ``[0.25, 0.5, 1]``.
+
+Each run is ``hierparse.train.train`` with a config from :func:`hierparse.config.resolve`, evaluated
+once at the end. Stacked models are also scored with consistent decoding (same weights). Seeds go
+in the outer loop and variants in the inner one, so drifting load from other jobs hits all variants
+alike. Writes ``study.md`` (tables), ``study.png`` (fine mIoU per variant and seed) and
+``study.json`` (every number) to ``--out``; run directories (checkpoints, logs) to ``--runs``.
+
+    python benchmarks/study.py            # the full study: 4 variants x 3 seeds, under 60 min on 2 cores
+    python benchmarks/study.py --quick    # tiny settings, seconds, into a temporary folder (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from matplotlib.figure import Figure
+
+from hierparse import config as configuration
+from hierparse.engine.io import atomic_write, to_json, write_text, writable_dir
+from hierparse.evaluate import eval_loader, evaluate_model
+from hierparse.train import Trainer, train
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+# Emphasis on the fine level: each coarser level's weight halves, so the 20-part loss carries 4/7 of
+# the total weight (1/3 unweighted) while both coarse levels still supervise the shared encoder.
+FINE_WEIGHTS = [0.25, 0.5, 1.0]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the study: a short key, a table label and the config keys it changes."""
+
+    key: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stacked(self) -> bool:
+        return self.overrides.get("stacked", True)
+
+
+VARIANTS = (
+    Variant("flat", "flat (parts only)", {"stacked": False}),
+    Variant("stacked_no_skips", "stacked, no skips", {"skips": []}),
+    Variant("stacked", "stacked + skips (default)", {"skips": None}),
+    Variant("stacked_fine_weighted", f"stacked + skips, level weights {FINE_WEIGHTS}",
+            {"skips": None, "level_weights": FINE_WEIGHTS}),
+)
+
+# Shared by every run (on top of hierparse.config.DEFAULTS: light backbone, psp head, crop 128,
+# batch 16, adamw, lr 0.004, poly schedule with warm-up). Only the final evaluation runs
+# (eval_interval = max_iters); log windows of 10 iterations time the training steps.
+FULL_SETTINGS: dict[str, Any] = {
+    "hierarchy": "lip", "dataset": "synthetic", "max_iters": 500, "eval_interval": 500,
+    "synthetic_val_images": 500, "log_interval": 10, "decode": "independent",
+}
+QUICK_SETTINGS: dict[str, Any] = {
+    "hierarchy": "lip", "dataset": "synthetic", "max_iters": 4, "eval_interval": 4,
+    "synthetic_train_images": 64, "synthetic_val_images": 8, "crop_size": 32, "eval_size": 32,
+    "batch_size": 4, "warmup_iters": 1, "log_interval": 1, "workers": 0, "threads": 1,
+    "decode": "independent",
+}
+
+
+def override_tokens(settings: dict[str, Any]) -> list[str]:
+    """``KEY VALUE`` tokens for :func:`hierparse.config.resolve` (and ``hierparse train``): strings as
+    written, everything else as JSON (a YAML subset: ``false``, ``null``, ``[0.25, 0.5, 1.0]``)."""
+    tokens = []
+    for key, value in settings.items():
+        tokens += [key, value if isinstance(value, str) else json.dumps(value)]
+    return tokens
+
+
+def seconds_per_iteration(trainer: Trainer) -> float:
+    """Median over the logged training windows of wall seconds per iteration (data wait included,
+    evaluation excluded): the same measurement for every variant."""
+    speeds = [record["images_per_s"] for record in trainer.history if record["type"] == "train"]
+    return statistics.median(trainer.config["batch_size"] / speed for speed in speeds)
+
+
+def scores(result: dict[str, Any]) -> dict[str, Any]:
+    """The study's numbers from ``ParsingMetrics.compute()``: mIoU of each module and merged from the finest."""
+    return {
+        "fine_miou": result["levels"][-1]["miou"],
+        "module_miou": {entry["name"]: entry["miou"] for entry in result["levels"]},
+        "merged_miou": {entry["name"]: entry["miou"] for entry in result["merged"]},
+        "consistency": result["consistency"],
+    }
+
+
+def run_one(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """Train ``variant`` with ``seed``, score it (and, when stacked, score it again with consistent decoding)."""
+    run_settings = {**settings, **variant.overrides, "seed": seed, "out": str(runs_dir / variant.key / f"seed{seed}")}
+    tokens = override_tokens(run_settings)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    trainer = train(configuration.resolve(None, tokens))
+    record = {
+        "variant": variant.key, "seed": seed, "command": shlex.join(["hierparse", "train", *tokens]),
+        "config": trainer.config,
+        "parameters": sum(parameter.numel() for parameter in trainer.model.parameters()),
+        "seconds_per_iteration": seconds_per_iteration(trainer),
+        "decode": {"independent": scores(trainer.result)},
+    }
+    if variant.stacked:
+        loader = eval_loader(trainer.val_set, trainer.config, trainer.device)
+        consistent = evaluate_model(trainer.model, loader, trainer.hierarchy, trainer.device, "consistent")
+        record["decode"]["consistent"] = scores(consistent)
+    record.update(wall_seconds=time.perf_counter() - start, load_before=load_before, load_after=os.getloadavg()[0])
+    return record
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation; the std is NaN for a single value, both are NaN if a value is."""
+    if any(math.isnan(value) for value in values):
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else math.nan}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant and decoding: mean and std over seeds of every score, parameters and step time.
+
+    ``fine_miou_minus_flat``: the fine mIoU minus the flat model's of the same seed (same data order
+    and same initial backbone weights), mean and std over seeds.
+    """
+    flat = {run["seed"]: run["decode"]["independent"]["fine_miou"] for run in runs if run["variant"] == VARIANTS[0].key}
+    summary = {}
+    for variant in VARIANTS:
+        mine = [run for run in runs if run["variant"] == variant.key]
+        decodes = {}
+        for mode in mine[0]["decode"]:
+            results = [run["decode"][mode] for run in mine]
+            decodes[mode] = {
+                "fine_miou": {**spread([r["fine_miou"] for r in results]), "seeds": [r["fine_miou"] for r in results]},
+                **{group: {name: spread([r[group][name] for r in results]) for name in results[0][group]}
+                   for group in ("module_miou", "merged_miou")},
+                "consistency": spread([r["consistency"] for r in results]),
+            }
+        summary[variant.key] = {
+            "label": variant.label, "overrides": variant.overrides, "seeds": [run["seed"] for run in mine],
+            "parameters": mine[0]["parameters"],
+            "seconds_per_iteration": spread([run["seconds_per_iteration"] for run in mine]),
+            "fine_miou_minus_flat": spread([run["decode"]["independent"]["fine_miou"] - flat[run["seed"]]
+                                            for run in mine]),
+            "decode": decodes,
+        }
+    return summary
+
+
+def percent(entry: dict[str, float] | None) -> str:
+    """``mean ± std`` in percent; ``-`` where there is no number (flat model's modules, consistency)."""
+    if entry is None or math.isnan(entry["mean"]):
+        return "-"
+    std = "" if math.isnan(entry["std"]) else f" ± {100 * entry['std']:.2f}"
+    return f"{100 * entry['mean']:.2f}{std}"
+
+
+def machine() -> dict[str, Any]:
+    """What ran the study: CPU model, cores, torch, Python and the repository's commit."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True)
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "commit": commit.stdout.strip() or "unknown"}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results tables with the command, machine, settings and load above them."""
+    summary, info = report["summary"], report["machine"]
+    levels = list(next(iter(summary.values()))["decode"]["independent"]["merged_miou"])
+    fine, coarse = levels[-1], levels[:-1]
+    loads = [load for run in report["runs"] for load in (run["load_before"], run["load_after"])]
+    settings = ", ".join(f"{key} {json.dumps(value)}" for key, value in report["settings"].items())
+    lines = [
+        f"Command: `{report['command']}` ({report['wall_minutes']:.1f} min).",
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, Python {info['python']}, "
+        f"commit {info['commit']}; "
+        f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs.",
+        f"Settings (on top of `hierparse.config.DEFAULTS`): {settings}; seeds {report['seeds']}.",
+        "",
+        f"mIoU in percent, mean ± sample std over seeds; module: the level's own output, merged: the "
+        f"{fine} prediction merged up the tree; step: median wall seconds per training iteration "
+        f"(data wait included), mean over seeds.",
+        "",
+        "| variant | parameters | step (s) | " + f"{fine} mIoU | per seed | minus flat, same seed | "
+        + " | ".join(f"{name} module | {name} merged" for name in coarse) + " | consistency |",
+        "| --- | ---: | ---: | ---: | --- | ---: | " + " | ".join("---: | ---:" for _ in coarse) + " | ---: |",
+    ]
+    for key, entry in summary.items():
+        scores_ = entry["decode"]["independent"]
+        minus_flat = "reference" if key == VARIANTS[0].key else percent(entry["fine_miou_minus_flat"])
+        per_seed = ", ".join(f"{100 * value:.1f}" for value in scores_["fine_miou"]["seeds"])
+        coarse_cells = " | ".join(
+            f"{percent(scores_['module_miou'].get(name))} | {percent(scores_['merged_miou'][name])}" for name in coarse)
+        lines.append(f"| {entry['label']} | {entry['parameters']:,} | {entry['seconds_per_iteration']['mean']:.3f} | "
+                     f"{percent(scores_['fine_miou'])} | {per_seed} | {minus_flat} | "
+                     f"{coarse_cells} | {percent(scores_['consistency'])} |")
+    lines += [
+        "",
+        "Decoding the same stacked checkpoints two ways: independent (argmax per level) and consistent "
+        "(best root-to-leaf path; coarse maps are the ancestors of the fine one).",
+        "",
+        f"| variant | decode | {fine} mIoU | " + " | ".join(f"{name} mIoU" for name in coarse) + " | consistency |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in coarse) + " | ---: |",
+    ]
+    for entry in summary.values():
+        if "consistent" not in entry["decode"]:
+            continue
+        for mode, scores_ in entry["decode"].items():
+            coarse_cells = " | ".join(percent(scores_["module_miou"][name]) for name in coarse)
+            lines.append(f"| {entry['label']} | {mode} | {percent(scores_['fine_miou'])} | {coarse_cells} | "
+                         f"{percent(scores_['consistency'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Fine mIoU per variant: one dot per seed, the mean as a bar with the sample std as an error bar."""
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot()
+    for position, entry in enumerate(summary.values()):
+        fine = entry["decode"]["independent"]["fine_miou"]
+        seeds = [100 * value for value in fine["seeds"]]
+        std = 0.0 if math.isnan(fine["std"]) else 100 * fine["std"]
+        axis.bar(position, 100 * fine["mean"], yerr=std, width=0.6, color=f"C{position}", alpha=0.35, capsize=6)
+        offsets = [0.15 * (index - (len(seeds) - 1) / 2) for index in range(len(seeds))]
+        axis.plot([position + offset for offset in offsets], seeds, "o", color=f"C{position}")
+    values = [100 * value for entry in summary.values()
+              for value in entry["decode"]["independent"]["fine_miou"]["seeds"]]
+    margin = max(2.0, (max(values) - min(values)))
+    axis.set_ylim(max(0.0, min(values) - margin), min(100.0, max(values) + margin))
+    axis.set_xticks(range(len(summary)), [entry["label"].replace(", ", ",\n", 1) for entry in summary.values()],
+                    fontsize=8)
+    axis.set(ylabel="fine-level (part) mIoU, %", title="Fine mIoU per variant (dots: seeds; bar: mean ± std)")
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings for CI (32 px, 4 iterations, 1 seed), into a temporary folder by default")
+    parser.add_argument("--seeds", type=int, help="seeds per variant, 0..N-1 (default 3; 1 with --quick)")
+    parser.add_argument("--out", type=Path, help="folder for study.md/png/json (default benchmarks/; "
+                                                 "a new temporary folder with --quick)")
+    parser.add_argument("--runs", type=Path, help="folder for the run directories (default runs/study, "
+                                                  "or <out>/runs with --quick)")
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="hierparse-study-")) if args.quick else REPOSITORY / "benchmarks"
+    if args.runs is None:
+        args.runs = args.out / "runs" if args.quick else REPOSITORY / "runs" / "study"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
+    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    start = time.perf_counter()
+    runs = []
+    for seed in range(args.seeds):
+        for variant in VARIANTS:
+            print(f"=== {variant.label}, seed {seed}", flush=True)
+            runs.append(run_one(variant, seed, settings, runs_dir))
+            print(f"=== {variant.label}, seed {seed}: fine mIoU "
+                  f"{100 * runs[-1]['decode']['independent']['fine_miou']:.2f}, "
+                  f"{runs[-1]['wall_seconds']:.0f} s", flush=True)
+    command = ["python", "benchmarks/study.py", *(sys.argv[1:] if argv is None else argv)]
+    report = {
+        "command": shlex.join(str(token) for token in command), "wall_minutes": (time.perf_counter() - start) / 60,
+        "machine": machine(), "settings": settings, "seeds": list(range(args.seeds)),
+        "summary": summarise(runs), "runs": runs,
+    }
+    write_text(out / "study.json", to_json(report, indent=1) + "\n")
+    write_text(out / "study.md", markdown(report))
+    plot(report["summary"], out / "study.png")
+    print(markdown(report))
+    print(f"wrote {out / 'study.md'}, {out / 'study.png'}, {out / 'study.json'}; run directories in {runs_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
