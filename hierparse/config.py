@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,                  # sgd only
     "weight_decay": 0.0001,           # not applied to norm weights and biases
     "batch_size": 16,                 # per process
-    "max_iters": 1000,
+    "max_iters": 800,
     "warmup_iters": 50,               # linear warm-up from warmup_factor * lr, then poly decay
     "warmup_factor": 0.1,
     "poly_power": 0.9,
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "out": "runs/default",            # run directory
     "resume": False,                  # continue from <out>/last.pt
-    "eval_interval": 250,             # evaluate, checkpoint and plot every N iterations (and at the end)
+    "eval_interval": 200,             # evaluate, checkpoint and plot every N iterations (and at the end)
     "log_interval": 20,
     "decode": "independent",          # independent or consistent (evaluation and samples)
     "device": "auto",                 # auto (cuda when available), cpu, cuda, cuda:1
@@ -66,6 +66,7 @@ NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
     "class_weights": list, "amp": str, "threads": int,
 }
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "amp": (None, "bf16", "fp16"),
@@ -93,7 +94,7 @@ def _check_type(key: str, value: Any, source: str) -> Any:
         return float(value)
     if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
         nullable = " or null" if key in NULLABLE else ""
-        raise ValueError(f"config key {key!r} in {source} must be a {expected.__name__}{nullable}, got {value!r}")
+        raise ValueError(f"config key {key!r} in {source} must be {TYPE_WORDS[expected]}{nullable}, got {value!r}")
     return value
 
 
@@ -134,11 +135,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return checked
 
 
+def _is_bool_text(text: str | None) -> bool:
+    try:
+        return isinstance(yaml.safe_load(text), bool) if text is not None else False
+    except yaml.YAMLError:
+        return False
+
+
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     """``["max_iters", "100", "--lr", "0.01", "--resume", "--out=runs/x"]`` -> a dict of checked values.
 
     Keys may be written ``key value``, ``--key value``, ``--key=value`` (dashes or underscores); a
-    boolean key given as a bare ``--key`` means true.
+    boolean ``--key`` not followed by true/false means true.
     """
     overrides: dict[str, Any] = {}
     position = 0
@@ -150,7 +158,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
         _check_key(key, "the command line")
         if not has_value:
             following = tokens[position + 1] if position + 1 < len(tokens) else None
-            if isinstance(DEFAULTS[key], bool) and dashed and (following is None or following.startswith("--")):
+            if isinstance(DEFAULTS[key], bool) and dashed and not _is_bool_text(following):
                 value_text = "true"
             elif following is None:
                 raise ValueError(f"config key {key!r} on the command line has no value")

@@ -24,11 +24,17 @@ from hierparse.metrics import ParsingMetrics, format_metrics
 from hierparse.models import StackedParser
 from hierparse.predict import DECODE_MODES, predict_batch
 
+
 def build_eval_dataset(config: dict[str, Any], hierarchy: Hierarchy, split: str) -> torch.utils.data.Dataset:
     """The evaluation split a training config names (synthetic images are always those of data seed 0)."""
     options = {"n": config["synthetic_val_images"]} if config["dataset"] == "synthetic" else {}
     dataset = build_dataset(config["dataset"], config["root"], split, hierarchy=hierarchy, transform="eval",
                             size=config["eval_size"], **options)
+    return require_samples(dataset, config, split)
+
+
+def require_samples(dataset: torch.utils.data.Dataset, config: dict[str, Any], split: str) -> torch.utils.data.Dataset:
+    """``dataset``, or a one-line error if it is empty (e.g. an empty list file)."""
     if len(dataset) == 0:
         raise ValueError(f"dataset {config['dataset']!r} split {split!r} under {config['root']} has no samples")
     return dataset
@@ -111,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--data needs --layout (lip, cihp, atr, pascal_person_part, helen, cityscapes, generic)")
     if args.json is not None:
         writable_dir(Path(args.json).resolve().parent, "folder of --json")
-    device = distributed.setup(args.device)
+    device = distributed.resolve_device(args.device)
     model, hierarchy, checkpoint = model_from_checkpoint(args.checkpoint, device, args.hierarchy)
     config = dict(checkpoint["config"])
     if args.data is not None:

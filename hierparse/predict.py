@@ -113,7 +113,7 @@ def add_predict(subparsers) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    device = distributed.setup(args.device)
+    device = distributed.resolve_device(args.device)
     model, hierarchy, checkpoint = model_from_checkpoint(args.checkpoint, device, args.hierarchy)
     paths = [Path(image) for image in args.images]
     stems = [path.stem for path in paths]

@@ -35,7 +35,8 @@ from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng,
 from hierparse.engine.io import save_torch, to_json, write_text, writable_dir
 from hierparse.engine.sampling import EpochSampler, SeededSamples
 from hierparse.engine.visualize import plot_curves
-from hierparse.evaluate import build_eval_dataset, eval_loader, evaluate_model, save_sample_grid
+from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
+                                save_sample_grid)
 from hierparse.hierarchy import load_hierarchy
 from hierparse.losses import HierarchicalLoss
 from hierparse.metrics import format_metrics
@@ -159,10 +160,8 @@ class Trainer:
         options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
         train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
                                   transform="train", size=config["crop_size"], **options)
-        if len(train_set) == 0:
-            raise ValueError(f"dataset {config['dataset']!r} split {config['train_split']!r} under "
-                             f"{config['root']} has no samples")
-        return train_set, build_eval_dataset(config, self.hierarchy, config["val_split"])
+        return (require_samples(train_set, config, config["train_split"]),
+                build_eval_dataset(config, self.hierarchy, config["val_split"]))
 
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         if not self.config["resume"]:
@@ -371,9 +370,8 @@ def add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a stacked parser (no arguments: synthetic LIP-like data on the CPU, a few minutes)",
         usage="%(prog)s [-h] [--config FILE] [KEY VALUE | --key value | --flag ...]",
-        description="Train, evaluate, write a run directory. Settings: defaults < --config FILE < KEY VALUE "
-                    "or --key value pairs on the command line (e.g. max_iters 200 --lr 0.01 --resume "
-                    "--out=runs/x).",
+        description="Train, evaluate, write a run directory.\nSettings: defaults < --config FILE < KEY VALUE "
+                    "or --key value pairs on the command line,\ne.g. max_iters 200 --lr 0.01 --resume --out=runs/x",
         epilog=f"config keys:\n{keys}", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys (see configs/)")
     p.set_defaults(func=run_train, overrides=[])  # cli.main passes the arguments it does not know as overrides

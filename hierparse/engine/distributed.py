@@ -21,18 +21,26 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def resolve_device(device_name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a device; an error if CUDA is missing."""
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device_name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device_name!r} requested but CUDA is not available")
+    return device
+
+
 def setup(device_name: str) -> torch.device:
     """The device of this process; joins the process group when started by torchrun (``WORLD_SIZE`` > 1).
 
-    ``device_name``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. Under
-    torchrun each process takes the GPU of its ``LOCAL_RANK`` and the backend is nccl on GPUs,
-    gloo on CPUs.
+    Under torchrun each process takes the GPU of its ``LOCAL_RANK`` and the backend is nccl on
+    GPUs, gloo on CPUs.
     """
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device_name!r} requested but CUDA is not available")
+    device = resolve_device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

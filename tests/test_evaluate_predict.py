@@ -1,0 +1,149 @@
+"""``hierparse evaluate`` and ``hierparse predict`` on a checkpoint trained for a few iterations."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hierparse import load_hierarchy
+from hierparse.cli import main
+from hierparse.data import SyntheticParsing
+
+TINY = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "8",
+        "synthetic_val_images", "3", "max_iters", "3", "eval_interval", "3", "workers", "0", "threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "out", str(out)]) == 0
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for index, (height, width) in enumerate([(40, 56), (48, 48)]):
+        sample = SyntheticParsing(n=2, size=(height, width), split="test")[index]
+        paths.append(folder / f"person{index}.png")
+        Image.fromarray(sample["image"]).save(paths[-1])
+    return paths
+
+
+def no_nan(constant):
+    raise AssertionError(f"JSON holds {constant}")
+
+
+def test_evaluate_prints_table_and_writes_strict_json(checkpoint, tmp_path, capsys):
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--json", str(report)]) == 0
+    output = capsys.readouterr().out
+    assert "iteration 3" in output and "3 images" in output
+    assert "level 1 (region, 5 classes)" in output and "module   merged" in output and "consistency" in output
+
+    data = json.loads(report.read_text(), parse_constant=no_nan)
+    assert (data["iteration"], data["split"], data["images"], data["dataset"]) == (3, "val", 3, "synthetic")
+    metrics = data["metrics"]
+    assert [entry["name"] for entry in metrics["levels"]] == ["person", "region", "part"]
+    assert len(metrics["levels"][2]["iou"]) == 20
+    assert None in metrics["levels"][2]["iou"]  # classes absent from 3 tiny images: NaN written as null
+
+    # the same images and decoding as the run's own final evaluation: the same scores
+    stored = torch.load(checkpoint, weights_only=True)["metrics"]
+    for entry, stored_entry in zip(metrics["levels"], stored["levels"]):
+        assert entry["miou"] == pytest.approx(stored_entry["miou"])
+    assert metrics["consistency"] == pytest.approx(stored["consistency"])
+
+
+def test_evaluate_consistent_decoding_is_fully_consistent(checkpoint, tmp_path, capsys):
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--decode", "consistent", "--size", "48",
+                 "--json", str(report), "--hierarchy", "lip"]) == 0
+    data = json.loads(report.read_text())
+    assert data["decode"] == "consistent" and data["metrics"]["consistency"] == 1.0
+
+
+def test_predict_writes_levels_raw_ids_and_figure(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(out),
+                 "--decode", "consistent"]) == 0
+    hierarchy = load_hierarchy("lip")
+    fine_raw_ids = set(hierarchy.fine_to_raw().tolist())
+    for path in images:
+        source = np.array(Image.open(path))
+        parent_of = [np.array(hierarchy.parents(level)) for level in range(1, 3)]
+        levels = []
+        for level, name in enumerate(hierarchy.level_names):
+            picture = np.array(Image.open(out / f"{path.stem}_{name}.png"))
+            assert picture.shape == source.shape
+            palette = {tuple(colour): index for index, colour in enumerate(hierarchy.colors(level))}
+            levels.append(np.vectorize(lambda *rgb: palette[rgb])(*picture.transpose(2, 0, 1)))
+        raw = Image.open(out / f"{path.stem}_raw.png")
+        assert raw.mode == "L" and raw.size == (source.shape[1], source.shape[0])
+        assert set(np.unique(np.array(raw)).tolist()) <= fine_raw_ids
+        assert np.array_equal(hierarchy.label_table()[2].numpy()[np.array(raw)], levels[2])
+        for level in (1, 2):  # consistent decoding: every level is the parent of the next
+            assert np.array_equal(parent_of[level - 1][levels[level]], levels[level - 1])
+        figure = Image.open(out / f"{path.stem}_figure.png")
+        assert figure.size[0] > 3 * figure.size[1]  # image | person | region | part
+    assert not list(out.glob("*.tmp"))
+    assert f"wrote {2 * 5} files" in capsys.readouterr().out
+
+
+def write_other_hierarchy(tmp_path):
+    path = tmp_path / "two_levels.yaml"
+    path.write_text("name: tiny\nlevels: [coarse, fine]\nclasses:\n  - name: a\n    children:\n"
+                    "      - {name: a1, ids: [0]}\n      - {name: a2, ids: [1]}\n")
+    return path
+
+
+@pytest.mark.parametrize("command, message", [
+    (["evaluate", "--checkpoint", "{missing}"], "checkpoint {missing} does not exist"),
+    (["evaluate", "--checkpoint", "{garbage}"], "cannot read checkpoint {garbage}"),
+    (["evaluate", "--checkpoint", "{truncated}"], "cannot read checkpoint {truncated}"),
+    (["evaluate", "--checkpoint", "{foreign}"], "is not a hierparse checkpoint"),
+    (["evaluate", "--checkpoint", "{tmp}"], "is a folder, not a file"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--hierarchy", "cihp"],
+     "was trained for hierarchy 'lip' (classes per level [2, 5, 20]), not 'cihp'"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--hierarchy", "{other}"], "not 'tiny'"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--data", "{empty}", "--layout", "lip"], "empty split 'val'"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--data", "{empty}"], "--data needs --layout"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--json", "{file}/scores.json"], "exists and is not a folder"),
+    (["predict", "--checkpoint", "{missing}", "{image}", "--out", "{out}"], "does not exist"),
+    (["predict", "--checkpoint", "{checkpoint}", "{image}", "{tmp}/nothing.png", "--out", "{out}"],
+     "missing image file"),
+    (["predict", "--checkpoint", "{checkpoint}", "{garbage}", "--out", "{out}"], "cannot read image file"),
+    (["predict", "--checkpoint", "{checkpoint}", "{image}", "{image}", "--out", "{out}"], "several images"),
+    (["predict", "--checkpoint", "{checkpoint}", "{image}", "--out", "{file}/out"], "is not writable"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, images, tmp_path, capsys, command, message):
+    places = {"missing": tmp_path / "missing.pt", "garbage": tmp_path / "garbage.png", "tmp": tmp_path,
+              "truncated": tmp_path / "truncated.pt", "foreign": tmp_path / "foreign.pt", "checkpoint": checkpoint,
+              "other": write_other_hierarchy(tmp_path), "empty": tmp_path / "empty", "file": tmp_path / "file",
+              "image": images[0], "out": tmp_path / "out"}
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:5000])
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    for folder in ("val_images", "val_segmentations"):
+        (tmp_path / "empty" / folder).mkdir(parents=True)
+    (tmp_path / "file").write_text("")
+    command = [token.format(**places) for token in command]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hierparse: error: ") and "\n" not in error
+    assert message.format(**places) in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_subprocess_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hierparse", "predict", "--checkpoint", str(tmp_path / "x.pt"),
+                             "a.png", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"hierparse: error: checkpoint {tmp_path / 'x.pt'} does not exist\n"
+    assert not (tmp_path / "out").exists()
+

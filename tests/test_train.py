@@ -1,0 +1,204 @@
+"""Training: artefacts of a run, exact resume, NaN stop, torchrun with two processes, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hierparse import load_hierarchy
+from hierparse.cli import main
+from hierparse.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from hierparse.engine.sampling import EpochSampler, SeededSamples
+from hierparse.data import DATASETS, build_dataset
+from hierparse.train import PolyWarmup, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "8",
+        "synthetic_val_images", "2", "max_iters", "6", "eval_interval", "3", "log_interval", "1",
+        "workers", "0", "threads", "1"]
+
+
+def train(out: Path, *extra: str) -> int:
+    return main(["train", *TINY, "out", str(out), *extra])
+
+
+def test_a_short_run_writes_every_artefact(tmp_path, capsys):
+    assert train(tmp_path / "run") == 0
+    run = tmp_path / "run"
+    names = {path.name for path in run.iterdir()}
+    assert {"config.yaml", "hierarchy.yaml", "last.pt", "best.pt", "metrics.jsonl", "loss.png", "miou.png",
+            "samples.png", "tb"} <= names
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert load_hierarchy(run / "hierarchy.yaml") == load_hierarchy("lip")
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["iter"] for r in records if r["type"] == "eval"] == [3, 6]
+    assert set(records[-1]["miou"]) == {"person", "region", "part"}
+
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["iteration"] == 6
+    assert checkpoint["model_config"] == {"backbone": "light", "head": "psp", "stacked": True, "skips": None,
+                                          "output_stride": 8}
+    assert {"optimizer", "scheduler", "scaler", "rng", "config", "metrics"} <= set(checkpoint)
+    model, hierarchy, _ = model_from_checkpoint(run / "last.pt")  # self-describing: nothing else needed
+    assert hierarchy == load_hierarchy("lip") and len(model(torch.zeros(1, 3, 32, 32))) == 3
+
+    output = capsys.readouterr().out
+    assert "level 2 (part, 20 classes)" in output and "consistency" in output and "iter 6/6" in output
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    assert train(tmp_path / "straight") == 0
+
+    original_step = Trainer.train_step
+
+    def interrupted_step(self, batch):
+        if self.iteration == 3:  # just after the checkpoint of iteration 3
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", "workers", "1")  # worker processes do not change the data
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["iteration"] == 3
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert train(tmp_path / "resumed", "--resume", "workers", "1") == 0
+
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert resumed["iteration"] == 6
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [(r["iter"], r["losses"]) for r in map(json.loads, lines) if r["type"] == "train"]
+
+    assert losses("resumed") == losses("straight")  # history trimmed to the checkpoint, then continued
+
+
+def test_data_order_depends_on_seed_and_epoch_only():
+    dataset = SeededSamples(build_dataset("synthetic", transform="train", size=32, n=6), seed=3)
+
+    def epoch(epoch, replicas=1, rank=0, skip=0):
+        sampler = EpochSampler(dataset, replicas, rank, seed=3)
+        sampler.set_epoch(epoch)
+        sampler.skip = skip
+        return [(key, dataset[key]["label"]) for key in sampler]
+
+    first = epoch(0)
+    assert [key for key, _ in first] == [key for key, _ in epoch(0)]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, epoch(0)))  # same crops and flips
+    assert [key for key, _ in epoch(1)] != [key for key, _ in first]
+    assert [key for key, _ in epoch(0, skip=4)] == [key for key, _ in first][4:]
+    shards = epoch(0, 2, 0) + epoch(0, 2, 1)
+    assert sorted(key for key, _ in shards) == sorted(key for key, _ in first)
+
+
+def test_poly_schedule_with_warmup():
+    schedule = PolyWarmup(max_iters=100, warmup_iters=10, warmup_factor=0.1, power=1.0)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(5) == pytest.approx(0.55 * 0.95)
+    assert schedule(10) == pytest.approx(0.9)
+    assert schedule(100) == 0.0
+
+
+def test_nan_loss_stops_naming_iteration_and_level(tmp_path, monkeypatch, capsys):
+    from hierparse.losses import HierarchicalLoss
+
+    original_forward = HierarchicalLoss.forward
+    calls = []
+
+    def forward(self, logits, labels):
+        losses = original_forward(self, logits, labels)
+        calls.append(1)
+        return losses * torch.tensor([1.0, float("nan"), 1.0]) if len(calls) == 5 else losses
+
+    monkeypatch.setattr(HierarchicalLoss, "forward", forward)
+    run = tmp_path / "run"
+    assert train(run) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith("hierparse: error: ")
+    assert "level 1 (region) is nan at iteration 5" in error
+    assert f"{run / 'last.pt'} (iteration 3) is intact" in error
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3
+
+
+class EmptyDataset(torch.utils.data.Dataset):
+    """A registered dataset whose split holds nothing."""
+
+    hierarchy, transform = load_hierarchy("lip"), None
+
+    def __len__(self):
+        return 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["nonsense_key", "1"], "unknown config key 'nonsense_key'"),
+    (["--resume"], "cannot resume: "),
+    (["dataset", "lip", "root", "{empty}"], "empty split 'train'"),
+    (["dataset", "nothing"], "dataset 'nothing' split 'train' under None has no samples"),
+    (["dataset", "lip", "root", "{missing}"], "is not a folder"),
+    (["synthetic_train_images", "1"], "fewer than one batch"),
+    (["out", "{file}/run"], "is not writable"),
+    (["hierarchy", "helen"], "synthetic data uses LIP raw ids"),
+    (["amp", "fp16", "device", "cpu"], "amp fp16 needs a GPU"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch, extra, message):
+    (tmp_path / "empty" / "val_images").mkdir(parents=True)
+    (tmp_path / "empty" / "val_segmentations").mkdir()
+    (tmp_path / "empty" / "train_images").mkdir()
+    (tmp_path / "empty" / "train_segmentations").mkdir()
+    (tmp_path / "file").write_text("")
+    places = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "file": tmp_path / "file"}
+    monkeypatch.setitem(DATASETS, "nothing", lambda root, split, hierarchy, size: EmptyDataset())
+    extra = [token.format(**places) for token in extra]
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "out", str(out), *extra]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hierparse: error: ") and "\n" not in error and message in error
+    assert not (out / "last.pt").exists()
+
+
+def test_module_entry_point_one_line_error_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hierparse.train", "max_iters", "1", "learning_rate", "0.1"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("hierparse: error: unknown config key 'learning_rate' in the command line")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+TORCHRUN_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from hierparse import config
+from hierparse.train import train
+trainer = train(config.resolve(None, sys.argv[2:]))
+torch.save(dict(trainer.model.named_parameters()), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(tmp_path), *TINY, "max_iters", "4", "eval_interval", "2", "out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(checkpoint["model"][name], rank0[name]) for name in rank0)
+    assert len(checkpoint["rng"]) == 2  # each process's random state, for an exact resume
+    assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
+    assert result.stdout.count("iter 4/4") == 1
