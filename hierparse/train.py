@@ -298,6 +298,9 @@ class Trainer:
                      f"lr {lr:.2e}  {speed:.1f} img/s")
 
     def _evaluate_and_checkpoint(self, progress) -> None:
+        if self.world > 1:  # each process updated its norm statistics on its own last batch: use rank 0's,
+            for buffer in self.model.buffers():  # as DDP's next forward would and the checkpoint holds
+                torch.distributed.broadcast(buffer, src=0)
         self.result = result = evaluate_model(self.network, self.val_loader, self.hierarchy, self.device,
                                               self.config["decode"])
         fine_miou = result["levels"][-1]["miou"]

@@ -191,7 +191,8 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(tmp_path), *TINY, "max_iters", "4", "eval_interval", "2", "out", str(tmp_path / "run")],
+         str(tmp_path), *TINY, "max_iters", "4", "eval_interval", "2", "synthetic_val_images", "5",
+         "out", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
@@ -202,3 +203,20 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert len(checkpoint["rng"]) == 2  # each process's random state, for an exact resume
     assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
     assert result.stdout.count("iter 4/4") == 1
+
+    # the evaluation summed over two uneven shards equals one process scoring all 5 images
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", str(tmp_path / "e.json")]) == 0
+    alone = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert [e["miou"] for e in alone["levels"]] == [e["miou"] for e in checkpoint["metrics"]["levels"]]
+    assert alone["consistency"] == checkpoint["metrics"]["consistency"]
+
+
+def test_an_invalid_hierarchy_prints_one_line_per_problem(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nlevels: [coarse, fine]\nclasses:\n  - name: a\n    children:\n"
+                   "      - {name: a1}\n      - {name: a2, ids: [300]}\n")
+    assert main(["train", "hierarchy", str(bad), "out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"hierparse: error: {bad}: ") for line in lines)
+    assert "a1" in lines[0] and "300" in lines[1]
+    assert not (tmp_path / "run").exists()
