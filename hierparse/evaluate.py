@@ -1,4 +1,4 @@
-"""``hierparse evaluate``: per-level metrics of a checkpoint on a dataset split (synthetic val by default).
+"""``hierparse evaluate``: per-level metrics of a checkpoint on a dataset split (by default the run's own).
 
 The evaluation loop here is the one training runs at every ``eval_interval``: each process scores
 its shard of the split, the confusion matrices are summed over processes, every process gets the
@@ -96,10 +96,10 @@ def save_sample_grid(model: StackedParser, dataset: torch.utils.data.Dataset, hi
 def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="per-level metrics of a checkpoint (module and merged mIoU, consistency)",
-        description="Score a checkpoint on a dataset split; without --data, on the synthetic validation "
-                    "images the run was evaluated on.")
+        description="Score a checkpoint on a dataset split; without --data, on the data the run was "
+                    "evaluated on (the synthetic validation images for synthetic runs).")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by hierparse train (last.pt, best.pt)")
-    p.add_argument("--data", metavar="ROOT", help="dataset folder (default: synthetic images)")
+    p.add_argument("--data", metavar="ROOT", help="dataset folder (default: the run's own data)")
     p.add_argument("--layout", help="layout of --data: lip, cihp, atr, pascal_person_part, helen, cityscapes, generic")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--hierarchy", help="expected hierarchy; a checkpoint trained for another one is an error")

@@ -109,7 +109,6 @@ class Trainer:
         self.hierarchy = load_hierarchy(config["hierarchy"])
         self.train_set, self.val_set = self._datasets()
         checkpoint = self._checkpoint_to_resume()
-        self._prepare_run_dir()
 
         seed_everything(config["seed"] + self.rank)
         self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(self.device)
@@ -139,6 +138,7 @@ class Trainer:
             raise ValueError(
                 f"the training split has {len(self.train_set)} images, fewer than one batch of "
                 f"{config['batch_size']} per process ({self.world} processes); lower batch_size")
+        self._prepare_run_dir()  # only once everything above is known to work: no half-made run directory
         self.train_loader = torch.utils.data.DataLoader(
             SeededSamples(self.train_set, config["seed"]), batch_size=config["batch_size"], sampler=self.sampler,
             num_workers=config["workers"], pin_memory=self.device.type == "cuda", drop_last=True,
