@@ -23,7 +23,7 @@ $(VENV)/.built: $(VENV)/.deps setup.py $(NATIVE_SOURCES)
 	touch $@
 
 demo: $(VENV)/.built
-	$(VENV)/bin/hierparse show lip
+	$(PY) -m hierparse.train
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
