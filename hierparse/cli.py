@@ -191,7 +191,9 @@ PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hierparse", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hierparse", description="Coarse-to-fine image parsing driven by YAML class trees."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSER_BUILDERS:
         add(subparsers)
