@@ -54,10 +54,11 @@ def synchronized(fn, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("impl", ["fused", "naive"])
-def test_train_step_float32(benchmark, impl, device):
-    benchmark.group = f"forward+backward float32 {device}"
-    logits, labels, table = problem(device)
+def test_train_step(benchmark, impl, dtype, device):
+    benchmark.group = f"forward+backward {str(dtype).removeprefix('torch.')} {device}"
+    logits, labels, table = problem(device, dtype)
     loss_fn = IMPLEMENTATIONS[impl]
 
     def step():
@@ -80,19 +81,6 @@ def test_evaluation_forward_float32(benchmark, impl, device):
 
     benchmark.extra_info["bytes_floor"] = bytes_floor(logits, labels, with_grad=False)
     benchmark.pedantic(synchronized(forward, device), rounds=20, warmup_rounds=3)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["fused", "naive"])
-def test_train_step_bfloat16(benchmark, impl, device):
-    benchmark.group = f"forward+backward bfloat16 {device}"
-    logits, labels, table = problem(device, torch.bfloat16)
-    loss_fn = IMPLEMENTATIONS[impl]
-
-    def step():
-        return torch.autograd.grad(loss_fn(logits, labels, table).sum(), logits)
-
-    benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
