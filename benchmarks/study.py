@@ -241,24 +241,25 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Fine mIoU per variant: one dot per seed, the mean as a bar with the sample std as an error bar."""
+    """Fine mIoU per variant: one dot per seed, the mean as a horizontal mark with the sample std as error
+    bars (the axis spans the data, not zero, so marks rather than bars)."""
     figure = Figure(figsize=(7, 4))
     axis = figure.add_subplot()
     for position, entry in enumerate(summary.values()):
         fine = entry["decode"]["independent"]["fine_miou"]
         seeds = [100 * value for value in fine["seeds"]]
         std = 0.0 if math.isnan(fine["std"]) else 100 * fine["std"]
-        axis.bar(position, 100 * fine["mean"], yerr=std, width=0.6, color=f"C{position}", alpha=0.35, capsize=6)
-        offsets = [0.15 * (index - (len(seeds) - 1) / 2) for index in range(len(seeds))]
-        axis.plot([position + offset for offset in offsets], seeds, "o", color=f"C{position}")
-    values = [100 * value for entry in summary.values()
-              for value in entry["decode"]["independent"]["fine_miou"]["seeds"]]
-    margin = max(2.0, (max(values) - min(values)))
-    axis.set_ylim(max(0.0, min(values) - margin), min(100.0, max(values) + margin))
+        axis.errorbar(position, 100 * fine["mean"], yerr=std, fmt="_", markersize=30, capsize=8,
+                      color=f"C{position}", label="mean ± std" if position == 0 else None)
+        offsets = [0.2 + 0.06 * index for index in range(len(seeds))]  # right of the error bar
+        axis.plot([position + offset for offset in offsets], seeds, "o", color=f"C{position}", alpha=0.7,
+                  label="one seed" if position == 0 else None)
+    axis.set_xlim(-0.5, len(summary) - 0.5)
     axis.set_xticks(range(len(summary)), [entry["label"].replace(", ", ",\n", 1) for entry in summary.values()],
                     fontsize=8)
-    axis.set(ylabel="fine-level (part) mIoU, %", title="Fine mIoU per variant (dots: seeds; bar: mean ± std)")
+    axis.set(ylabel="fine-level (part) mIoU, %", title="Fine mIoU per variant")
     axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
 
@@ -288,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    info = machine()  # before training: the commit that the runs use
     start = time.perf_counter()
     runs = []
     for seed in range(args.seeds):
@@ -300,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ["python", "benchmarks/study.py", *(sys.argv[1:] if argv is None else argv)]
     report = {
         "command": shlex.join(str(token) for token in command), "wall_minutes": (time.perf_counter() - start) / 60,
-        "machine": machine(), "settings": settings, "seeds": list(range(args.seeds)),
+        "machine": info, "settings": settings, "seeds": list(range(args.seeds)),
         "summary": summarise(runs), "runs": runs,
     }
     write_text(out / "study.json", to_json(report, indent=1) + "\n")
