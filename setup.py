@@ -20,7 +20,7 @@ def use_cuda() -> bool:
 
 def extension():
     sources = [*sorted(glob.glob("csrc/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi"]
     link_flags = ["-fopenmp"]
     include_dirs = [os.path.abspath("csrc")]
     if use_cuda():

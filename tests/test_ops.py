@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 
@@ -248,6 +249,43 @@ def test_deterministic_across_runs_and_thread_counts(device):
     for losses, grads in results[1:]:
         assert torch.equal(losses, results[0][0])
         assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
+@pytest.mark.parametrize("width", [256, 250])  # 64-byte aligned rows, and rows that are not
+def test_large_gradients_written_with_streaming_stores(width):
+    """Above 16 MiB of gradients the CPU kernel streams them past the caches (aligned blocks only)."""
+    logits, labels, table = random_problem(classes=(2, 5, 60), n=2, h=128, w=width, scale=1.0)
+    assert sum(x.numel() * x.element_size() for x in logits) >= 16 << 20
+    check_against_reference(logits, labels, table, label_smoothing=0.1)
+
+
+def test_cpu_capability_is_reported():
+    assert ops.cpu_capability() in ("default", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_every_cpu_instruction_set_matches_the_reference(capability):
+    """The tile kernel is compiled per instruction set; HIERPARSE_CPU_CAPABILITY picks one."""
+    env = {**os.environ, "HIERPARSE_CPU_CAPABILITY": capability}
+    probe = subprocess.run([sys.executable, "-c", "import hierparse.ops as o; print(o.cpu_capability())"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    if "is not supported by this CPU" in probe.stderr:
+        pytest.skip(f"this CPU or build lacks {capability}")
+    assert probe.returncode == 0 and probe.stdout.strip() == capability, probe.stderr
+    selection = ("matches_cross_entropy or integer_label_dtype or streaming_stores or huge_and_minus_infinite"
+                 " or nan_logits or without_valid_pixels or single_class or deterministic")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             f"({selection}) and not cuda"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout
+
+
+def test_unknown_cpu_capability_is_a_clear_error():
+    env = {**os.environ, "HIERPARSE_CPU_CAPABILITY": "sse9"}
+    result = subprocess.run([sys.executable, "-c", "import hierparse.ops as o; o.cpu_capability()"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert "HIERPARSE_CPU_CAPABILITY=sse9 is not a capability; use one of default, avx2, avx512" in result.stderr
 
 
 def test_remap_labels_matches_table_lookup():

@@ -41,7 +41,18 @@ if not HAS_EXTENSION:
         stacklevel=2,
     )
 
-__all__ = ["HAS_EXTENSION", "multilevel_cross_entropy", "remap_labels", "reference"]
+__all__ = ["HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "remap_labels", "reference"]
+
+
+def cpu_capability() -> str:
+    """The instruction set of the CPU kernel in use: ``"default"``, ``"avx2"`` or ``"avx512"``.
+
+    The best one this CPU supports, unless the environment variable ``HIERPARSE_CPU_CAPABILITY``
+    names another (read once per process; an unsupported or unknown name raises RuntimeError).
+    """
+    if not HAS_EXTENSION:
+        raise RuntimeError("hierparse._C is not built: there is no CPU kernel")
+    return torch.ops.hierparse.cpu_capability()
 
 _REDUCTION_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
 

@@ -1,0 +1,11 @@
+// The tile kernel for any x86-64 (SSE2) or other CPU: the compiler's baseline instruction set.
+#define HP_ISA baseline
+#define HP_VECTOR_BYTES 16
+#define HP_BLOCK_VECTORS 4
+#include "cpu/tile_kernel_impl.h"
+
+namespace hierparse {
+namespace cpu {
+CpuCapability capability_default() { return {"default", &baseline::run_tile, &baseline::fence}; }
+}  // namespace cpu
+}  // namespace hierparse

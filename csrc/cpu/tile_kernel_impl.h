@@ -1,0 +1,143 @@
+// The CPU tile kernel, included once per instruction set by tile_kernel_<isa>.cpp, which defines
+// HP_ISA (the namespace of this copy), HP_VECTOR_BYTES (its register width) and HP_BLOCK_VECTORS
+// (vectors per pixel block: as many as the registers hold, so that a block's running max, sum and
+// target values stay in registers).
+//
+// For each level of a tile, pixels go in blocks of HP_BLOCK_VECTORS vectors, one pixel per lane:
+//   pass 1 reads each class plane of the block once from memory into an L1 scratch copy, keeping
+//          the running max and picking the target's logit (and class weight) by comparison;
+//   pass 2 turns the copy into exp(x - max) and sums it (and sum_c w_c (x_c - max) with smoothing);
+//   then log, loss and the softmax coefficient per pixel;
+//   pass 3 writes the gradients (streamed past the caches when they are large).
+// Each pass runs over the classes with the block's vectors unrolled inside, so memory is read
+// as C short sequential streams, prefetched one block ahead.
+#ifndef HP_ISA
+#error "define HP_ISA, HP_VECTOR_BYTES and HP_BLOCK_VECTORS before including tile_kernel_impl.h"
+#endif
+
+#include "cpu/tile_kernel.h"
+#include "cpu/vec.h"
+#include "multilevel_ce.h"
+
+namespace hierparse {
+namespace cpu {
+namespace HP_ISA {
+
+constexpr int kBlockVectors = HP_BLOCK_VECTORS;
+static_assert(kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for a block");
+
+template <typename scalar_t, typename V>
+HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t n, int64_t h, int64_t w0,
+                            int64_t P, const int32_t* raw, V* buf,
+                            typename VecTraits<V>::scalar* loss_out) {
+  using S = typename VecTraits<V>::scalar;
+  using M = typename VecTraits<V>::mask;
+  constexpr int B = kBlockVectors;
+  constexpr int kLanes = VecTraits<V>::lanes;
+  constexpr int kBlock = B * kLanes;
+  const LevelCoefficients<S> k{static_cast<S>(1.0 - args.label_smoothing),
+                               static_cast<S>(args.label_smoothing / static_cast<double>(a.C)),
+                               static_cast<S>(a.weight_sum), static_cast<S>(a.grad_scale)};
+  const bool smoothing = args.label_smoothing != 0.0;
+  const int64_t C = a.C, xw = a.xs[3], gw = a.gs[3];
+  const scalar_t* x = static_cast<const scalar_t*>(a.logits) + n * a.xs[0] + h * a.xs[2] + w0 * xw;
+  scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + n * a.gs[0] + h * a.gs[2] + w0 * gw : nullptr;
+  V total{};
+
+  for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+    const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
+    M target[B]{};
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < kLanes; ++j) {
+        const int i = b * kLanes + j;
+        target[b][j] = i < count ? lookup_target(raw[p0 + i], a.table) : -1;
+      }
+
+    V m[B], x_target[B], w_target[B], sum[B], weighted_d[B];
+    for (int b = 0; b < B; ++b) {
+      m[b] = V{} - __builtin_inf();
+      x_target[b] = w_target[b] = sum[b] = weighted_d[b] = V{};
+    }
+    for (int64_t c = 0; c < C; ++c) {  // pass 1
+      const scalar_t* xc = x + c * a.xs[1] + p0 * xw;
+      const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+      for (int b = 0; b < B; ++b) {
+        const int lanes = count - b * kLanes;
+        const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
+        if (xw == 1) __builtin_prefetch(xc + kBlock + b * kLanes);
+        buf[c * B + b] = v;
+        m[b] = max_value(m[b], v);
+        const M hit = target[b] == static_cast<int>(c);
+        x_target[b] = hit ? v : x_target[b];
+        w_target[b] = hit ? V{} + wc : w_target[b];
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {  // pass 2
+      const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+      for (int b = 0; b < B; ++b) {
+        const V d = buf[c * B + b] - m[b];
+        const V e = exp_nonpositive(d);
+        sum[b] += e;
+        if (smoothing) weighted_d[b] += wc * d;
+        buf[c * B + b] = e;
+      }
+    }
+    V coeff[B], loss[B];
+    M valid[B];
+    for (int b = 0; b < B; ++b) {
+      valid[b] = target[b] >= 0;
+      const V l = pixel_loss(k, log_positive(sum[b]), x_target[b] - m[b], w_target[b], weighted_d[b]);
+      loss[b] = valid[b] ? l : V{};
+      total += loss[b];
+      loss[b] *= k.scale;
+      coeff[b] = softmax_coefficient(k, w_target[b], S(1) / sum[b], valid[b]);
+    }
+    if (loss_out != nullptr) store<B>(loss_out + p0, 1, count, loss, false);  // reduction "none"
+    if (g == nullptr) continue;
+    for (int64_t c = 0; c < C; ++c) {  // pass 3
+      const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+      V grad[B];
+      for (int b = 0; b < B; ++b)
+        grad[b] = logit_gradient(k, buf[c * B + b], coeff[b], wc, valid[b], target[b] == static_cast<int>(c),
+                                 w_target[b]);
+      store<B>(g + c * a.gs[1] + p0 * gw, gw, count, grad, args.streaming_stores);
+    }
+  }
+  double tile_sum = 0;
+  for (int j = 0; j < kLanes; ++j) tile_sum += static_cast<double>(total[j]);
+  return tile_sum;
+}
+
+template <typename scalar_t, typename V>
+void run_tile_typed(const KernelArgs& args, int64_t tile, const int32_t* raw, void* scratch) {
+  using S = typename VecTraits<V>::scalar;
+  const int64_t row = tile / args.tiles_per_row;  // n * H + h
+  const int64_t w0 = (tile % args.tiles_per_row) * kTile;
+  const int64_t P = args.W - w0 < kTile ? args.W - w0 : kTile;
+  const int64_t n = row / args.H, h = row % args.H;
+  for (int64_t l = 0; l < args.num_levels; ++l) {
+    S* loss_out = args.loss_map ? static_cast<S*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
+                                : nullptr;
+    args.tile_sums[l * args.num_tiles + tile] = level_tile<scalar_t, V>(
+        args, args.levels[l], n, h, w0, P, raw, static_cast<V*>(scratch), loss_out);
+  }
+}
+
+void run_tile(const KernelArgs& args, int64_t tile, const int32_t* raw, void* scratch) {
+  switch (args.dtype) {
+    case LogitType::Float:
+      return run_tile_typed<float, VecFloat>(args, tile, raw, scratch);
+    case LogitType::Half:
+      return run_tile_typed<Half, VecFloat>(args, tile, raw, scratch);
+    case LogitType::BFloat16:
+      return run_tile_typed<BFloat16, VecFloat>(args, tile, raw, scratch);
+    case LogitType::Double:
+      return run_tile_typed<double, VecDouble>(args, tile, raw, scratch);
+  }
+}
+
+void fence() { stream_fence(); }
+
+}  // namespace HP_ISA
+}  // namespace cpu
+}  // namespace hierparse
