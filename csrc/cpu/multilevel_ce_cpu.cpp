@@ -73,7 +73,7 @@ void run_tiles(const cpu::KernelArgs& args, const label_t* labels, int64_t max_c
   const CpuCapability& cap = capability();
   std::vector<char> scratch_bytes(max_classes * cpu::kScratchBytesPerClass + 64);
   void* scratch = scratch_bytes.data() + (64 - reinterpret_cast<uintptr_t>(scratch_bytes.data()) % 64) % 64;
-  int32_t raw[kTile];
+  int32_t raw[kTile] = {};  // entries past a short tile's end stay 0: a valid id, masked later
   for (int64_t tile = begin; tile < end; ++tile) {
     const int64_t row = tile / args.tiles_per_row;
     const int64_t w0 = (tile % args.tiles_per_row) * kTile;

@@ -9,7 +9,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")
 #define HP_ISA avx512
 #define HP_VECTOR_BYTES 64
-#define HP_BLOCK_VECTORS 4
+#define HP_BLOCK_VECTORS 2
 #include "cpu/tile_kernel_impl.h"
 
 namespace hierparse {

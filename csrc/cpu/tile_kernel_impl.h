@@ -24,7 +24,9 @@ namespace cpu {
 namespace HP_ISA {
 
 constexpr int kBlockVectors = HP_BLOCK_VECTORS;
+constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches
 static_assert(kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for a block");
+static_assert(kTile % (kBlockVectors * HP_VECTOR_BYTES / 4) == 0, "a tile must be whole blocks");
 
 template <typename scalar_t, typename V>
 HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t n, int64_t h, int64_t w0,
@@ -46,12 +48,11 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
 
   for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
     const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
-    M target[B]{};
-    for (int b = 0; b < B; ++b)
-      for (int j = 0; j < kLanes; ++j) {
-        const int i = b * kLanes + j;
-        target[b][j] = i < count ? lookup_target(raw[p0 + i], a.table) : -1;
-      }
+    M target[B];  // lanes past the tile's end are ignored pixels (their raw ids are padding)
+    for (int b = 0; b < B; ++b) {
+      for (int j = 0; j < kLanes; ++j) target[b][j] = lookup_target(raw[p0 + b * kLanes + j], a.table);
+      for (int j = 0; j < kLanes; ++j) target[b][j] = b * kLanes + j < count ? target[b][j] : -1;
+    }
 
     V m[B], x_target[B], w_target[B], sum[B], weighted_d[B];
     for (int b = 0; b < B; ++b) {
@@ -64,14 +65,16 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
         const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1) __builtin_prefetch(xc + kBlock + b * kLanes);
+        if (xw == 1) __builtin_prefetch(xc + kPrefetchPixels + b * kLanes);
         buf[c * B + b] = v;
         m[b] = max_value(m[b], v);
         const M hit = target[b] == static_cast<int>(c);
         x_target[b] = hit ? v : x_target[b];
-        w_target[b] = hit ? V{} + wc : w_target[b];
+        if (a.class_w) w_target[b] = hit ? V{} + wc : w_target[b];
       }
     }
+    if (!a.class_w)
+      for (int b = 0; b < B; ++b) w_target[b] = target[b] >= 0 ? V{} + S(1) : V{};
     for (int64_t c = 0; c < C; ++c) {  // pass 2
       const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
       for (int b = 0; b < B; ++b) {
@@ -79,7 +82,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
         const V e = exp_nonpositive(d);
         sum[b] += e;
         if (smoothing) weighted_d[b] += wc * d;
-        buf[c * B + b] = e;
+        if (g) buf[c * B + b] = e;
       }
     }
     V coeff[B], loss[B];

@@ -139,18 +139,19 @@ HP_INLINE scalar_t store_value(S x) {
 }
 
 // Streaming (non-temporal) stores bypass the caches and skip reading each line before it is
-// overwritten; they go in units of the widest store of the instruction set.
-#if defined(__AVX512F__)
+// overwritten; they go one register at a time. (Keyed on HP_VECTOR_BYTES: `#pragma GCC target`
+// enables the instructions but does not define __AVX512F__ and friends.)
+#if defined(__x86_64__) && HP_VECTOR_BYTES == 64
 constexpr int kStreamBytes = 64;
 HP_INLINE void stream_unit(char* dst, const char* src) {
   _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_loadu_si512(src));
 }
-#elif defined(__AVX__)
+#elif defined(__x86_64__) && HP_VECTOR_BYTES == 32
 constexpr int kStreamBytes = 32;
 HP_INLINE void stream_unit(char* dst, const char* src) {
   _mm256_stream_si256(reinterpret_cast<__m256i*>(dst), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
 }
-#elif defined(__SSE2__)
+#elif defined(__x86_64__)
 constexpr int kStreamBytes = 16;
 HP_INLINE void stream_unit(char* dst, const char* src) {
   _mm_stream_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
@@ -162,7 +163,7 @@ HP_INLINE void stream_unit(char*, const char*) {}
 
 // Orders the streaming stores of this thread before whatever it does next.
 HP_INLINE void stream_fence() {
-#if defined(__SSE2__)
+#if defined(__x86_64__)
   _mm_sfence();
 #endif
 }
