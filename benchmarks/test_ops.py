@@ -25,6 +25,7 @@ from hierparse import ops
 CLASSES = (2, 5, 20)
 N, H, W = 8, 256, 256
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ROUNDS = 24  # interleaved rounds per implementation (the first two are warm-up)
 
 
 def problem(device: str, dtype: torch.dtype = torch.float32, requires_grad: bool = True):
@@ -102,7 +103,7 @@ def test_speedup_interleaved(benchmark, mode, device):
 
     fused, naive = runner(IMPLEMENTATIONS["fused"]), runner(IMPLEMENTATIONS["naive"])
     times = {"fused": [], "naive": []}
-    for round_ in range(12):
+    for round_ in range(ROUNDS):
         for name in (("fused", "naive") if round_ % 2 else ("naive", "fused")):
             fn = fused if name == "fused" else naive
             start = time.perf_counter()

@@ -10,7 +10,7 @@
 //   then log, loss and the softmax coefficient per pixel;
 //   pass 3 writes the gradients (streamed past the caches when they are large).
 // Each pass runs over the classes with the block's vectors unrolled inside, so memory is read
-// as C short sequential streams, prefetched one block ahead.
+// as C short sequential streams, prefetched into L2 a few blocks ahead.
 #ifndef HP_ISA
 #error "define HP_ISA, HP_VECTOR_BYTES and HP_BLOCK_VECTORS before including tile_kernel_impl.h"
 #endif
@@ -24,7 +24,7 @@ namespace cpu {
 namespace HP_ISA {
 
 constexpr int kBlockVectors = HP_BLOCK_VECTORS;
-constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches
+constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches (into L2)
 static_assert(kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for a block");
 static_assert(kTile % (kBlockVectors * HP_VECTOR_BYTES / 4) == 0, "a tile must be whole blocks");
 
@@ -48,7 +48,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
 
   for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
     const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
-    M target[B];  // lanes past the tile's end are ignored pixels (their raw ids are padding)
+    M target[B]{};  // lanes past the tile's end are ignored pixels (their raw ids are padding)
     for (int b = 0; b < B; ++b) {
       for (int j = 0; j < kLanes; ++j) target[b][j] = lookup_target(raw[p0 + b * kLanes + j], a.table);
       for (int j = 0; j < kLanes; ++j) target[b][j] = b * kLanes + j < count ? target[b][j] : -1;
@@ -65,7 +65,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
         const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1) __builtin_prefetch(xc + kPrefetchPixels + b * kLanes);
+        if (xw == 1) __builtin_prefetch(xc + kPrefetchPixels + b * kLanes, 0, 2);
         buf[c * B + b] = v;
         m[b] = max_value(m[b], v);
         const M hit = target[b] == static_cast<int>(c);
