@@ -38,7 +38,7 @@ struct KernelArgs {
 };
 
 // Bytes of scratch memory per class that run_tile needs (64-byte aligned).
-constexpr int64_t kScratchBytesPerClass = 256;  // HP_BLOCK_VECTORS * HP_VECTOR_BYTES at most
+constexpr int64_t kScratchBytesPerClass = 256;  // two blocks: 2 * HP_BLOCK_VECTORS * HP_VECTOR_BYTES
 
 // Every level of one tile: `raw` holds the tile's label ids (as int32), read once for all levels.
 using TileKernel = void (*)(const KernelArgs& args, int64_t tile, const int32_t* raw, void* scratch);

@@ -8,7 +8,8 @@
 //          the running max and picking the target's logit (and class weight) by comparison;
 //   pass 2 turns the copy into exp(x - max) and sums it (and sum_c w_c (x_c - max) with smoothing);
 //   then log, loss and the softmax coefficient per pixel;
-//   pass 3 writes the gradients (streamed past the caches when they are large).
+//   pass 3 writes the gradients (streamed past the caches when they are large), interleaved with
+//          pass 2 of the next block.
 // Each pass runs over the classes with the block's vectors unrolled inside, so memory is read
 // as C short sequential streams, prefetched into L2 a few blocks ahead.
 #ifndef HP_ISA
@@ -25,12 +26,36 @@ namespace HP_ISA {
 
 constexpr int kBlockVectors = HP_BLOCK_VECTORS;
 constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches (into L2)
-static_assert(kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for a block");
+static_assert(2 * kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for two blocks");
 static_assert(kTile % (kBlockVectors * HP_VECTOR_BYTES / 4) == 0, "a tile must be whole blocks");
 
-template <typename scalar_t, typename V>
+// A block whose losses are done and whose gradients are still to be written (pass 3).
+template <typename V>
+struct PendingBlock {
+  using M = typename VecTraits<V>::mask;
+  M target[kBlockVectors], valid[kBlockVectors];
+  V coeff[kBlockVectors], w_target[kBlockVectors];
+  const V* exp_d;  // the block's exp(x - max), class by class
+  int64_t p0;
+  int count;
+};
+
+// Pass 3 for one class of a pending block: its gradients, converted and stored.
+template <typename scalar_t, typename V, typename S>
+HP_INLINE void write_gradients(const LevelArgs& a, const LevelCoefficients<S>& k, const PendingBlock<V>& blk,
+                               scalar_t* g, int64_t c, bool streaming) {
+  constexpr int B = kBlockVectors;
+  const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+  V grad[B];
+  for (int b = 0; b < B; ++b)
+    grad[b] = logit_gradient(k, blk.exp_d[c * B + b], blk.coeff[b], wc, blk.valid[b],
+                             blk.target[b] == static_cast<int>(c), blk.w_target[b]);
+  store<B>(g + c * a.gs[1] + blk.p0 * a.gs[3], a.gs[3], blk.count, grad, streaming);
+}
+
+template <typename scalar_t, typename V, bool kWithGrad>
 HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t n, int64_t h, int64_t w0,
-                            int64_t P, const int32_t* raw, V* buf,
+                            int64_t P, const int32_t* raw, V* scratch,
                             typename VecTraits<V>::scalar* loss_out) {
   using S = typename VecTraits<V>::scalar;
   using M = typename VecTraits<V>::mask;
@@ -41,12 +66,17 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
                                static_cast<S>(args.label_smoothing / static_cast<double>(a.C)),
                                static_cast<S>(a.weight_sum), static_cast<S>(a.grad_scale)};
   const bool smoothing = args.label_smoothing != 0.0;
-  const int64_t C = a.C, xw = a.xs[3], gw = a.gs[3];
+  const int64_t C = a.C, xw = a.xs[3];
   const scalar_t* x = static_cast<const scalar_t*>(a.logits) + n * a.xs[0] + h * a.xs[2] + w0 * xw;
-  scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + n * a.gs[0] + h * a.gs[2] + w0 * gw : nullptr;
+  scalar_t* g = kWithGrad ? static_cast<scalar_t*>(a.grad) + n * a.gs[0] + h * a.gs[2] + w0 * a.gs[3] : nullptr;
   V total{};
+  // Pass 3 of each block runs inside pass 2 of the next, so that the gradient stores drain to
+  // memory while the exponentials are computed; blocks alternate between two scratch buffers.
+  PendingBlock<V> pending{};
+  bool has_pending = false;
 
   for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+    V* buf = scratch + ((p0 / kBlock) % 2) * C * B;
     const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
     M target[B]{};  // lanes past the tile's end are ignored pixels (their raw ids are padding)
     for (int b = 0; b < B; ++b) {
@@ -75,37 +105,41 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
     }
     if (!a.class_w)
       for (int b = 0; b < B; ++b) w_target[b] = target[b] >= 0 ? V{} + S(1) : V{};
-    for (int64_t c = 0; c < C; ++c) {  // pass 2
+    for (int64_t c = 0; c < C; ++c) {  // pass 2 (and pass 3 of the previous block)
       const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
       for (int b = 0; b < B; ++b) {
         const V d = buf[c * B + b] - m[b];
         const V e = exp_nonpositive(d);
         sum[b] += e;
         if (smoothing) weighted_d[b] += wc * d;
-        if (g) buf[c * B + b] = e;
+        if (kWithGrad) buf[c * B + b] = e;
       }
+      if (kWithGrad && has_pending) write_gradients(a, k, pending, g, c, args.streaming_stores);
     }
-    V coeff[B], loss[B];
-    M valid[B];
+    V loss[B];
     for (int b = 0; b < B; ++b) {
-      valid[b] = target[b] >= 0;
+      const M valid = target[b] >= 0;
       const V l = pixel_loss(k, log_positive(sum[b]), x_target[b] - m[b], w_target[b], weighted_d[b]);
-      loss[b] = valid[b] ? l : V{};
+      loss[b] = valid ? l : V{};
       total += loss[b];
       loss[b] *= k.scale;
-      coeff[b] = softmax_coefficient(k, w_target[b], S(1) / sum[b], valid[b]);
+      if (kWithGrad) {
+        pending.target[b] = target[b];
+        pending.valid[b] = valid;
+        pending.w_target[b] = w_target[b];
+        pending.coeff[b] = softmax_coefficient(k, w_target[b], S(1) / sum[b], valid);
+      }
     }
     if (loss_out != nullptr) store<B>(loss_out + p0, 1, count, loss, false);  // reduction "none"
-    if (g == nullptr) continue;
-    for (int64_t c = 0; c < C; ++c) {  // pass 3
-      const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
-      V grad[B];
-      for (int b = 0; b < B; ++b)
-        grad[b] = logit_gradient(k, buf[c * B + b], coeff[b], wc, valid[b], target[b] == static_cast<int>(c),
-                                 w_target[b]);
-      store<B>(g + c * a.gs[1] + p0 * gw, gw, count, grad, args.streaming_stores);
+    if (kWithGrad) {
+      pending.exp_d = buf;
+      pending.p0 = p0;
+      pending.count = count;
+      has_pending = true;
     }
   }
+  if (kWithGrad && has_pending)
+    for (int64_t c = 0; c < C; ++c) write_gradients(a, k, pending, g, c, args.streaming_stores);
   double tile_sum = 0;
   for (int j = 0; j < kLanes; ++j) tile_sum += static_cast<double>(total[j]);
   return tile_sum;
@@ -121,8 +155,11 @@ void run_tile_typed(const KernelArgs& args, int64_t tile, const int32_t* raw, vo
   for (int64_t l = 0; l < args.num_levels; ++l) {
     S* loss_out = args.loss_map ? static_cast<S*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
                                 : nullptr;
-    args.tile_sums[l * args.num_tiles + tile] = level_tile<scalar_t, V>(
-        args, args.levels[l], n, h, w0, P, raw, static_cast<V*>(scratch), loss_out);
+    const LevelArgs& a = args.levels[l];
+    V* buf = static_cast<V*>(scratch);
+    args.tile_sums[l * args.num_tiles + tile] =
+        a.grad ? level_tile<scalar_t, V, true>(args, a, n, h, w0, P, raw, buf, loss_out)
+               : level_tile<scalar_t, V, false>(args, a, n, h, w0, P, raw, buf, loss_out);
   }
 }
 
