@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -21,7 +22,9 @@ namespace {
 using cpu::CpuCapability;
 using cpu::kTile;
 
-constexpr int64_t kTilesPerTask = 16;  // scheduling grain of at::parallel_for
+// Threads claim tiles in runs of this many from a shared counter (dynamic scheduling: on a shared
+// or virtualised machine one thread may be slowed down, and the others then take its share).
+constexpr int64_t kTilesPerClaim = 16;
 // Gradients at least this large are written with streaming stores: they would not stay in the
 // caches anyway, and streaming saves reading each gradient line before overwriting it.
 constexpr int64_t kStreamingBytes = int64_t(16) << 20;
@@ -66,21 +69,25 @@ const CpuCapability& capability() {
 
 std::string cpu_capability() { return capability().name; }
 
-// Tiles [begin, end): copies each tile's labels (any integer type) to int32 and runs the kernel.
+// One thread's work: claims runs of tiles until none is left; for each tile copies its labels (any
+// integer type) to int32 and runs the kernel. Which thread runs a tile does not change any result.
 template <typename label_t>
-void run_tiles(const cpu::KernelArgs& args, const label_t* labels, int64_t max_classes, int64_t begin,
-               int64_t end) {
+void run_tiles(const cpu::KernelArgs& args, const label_t* labels, int64_t max_classes,
+               std::atomic<int64_t>& next_tile) {
   const CpuCapability& cap = capability();
   std::vector<char> scratch_bytes(max_classes * cpu::kScratchBytesPerClass + 64);
   void* scratch = scratch_bytes.data() + (64 - reinterpret_cast<uintptr_t>(scratch_bytes.data()) % 64) % 64;
   int32_t raw[kTile] = {};  // entries past a short tile's end stay 0: a valid id, masked later
-  for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t row = tile / args.tiles_per_row;
-    const int64_t w0 = (tile % args.tiles_per_row) * kTile;
-    const int64_t P = std::min(kTile, args.W - w0);
-    const label_t* src = labels + row * args.W + w0;
-    for (int64_t p = 0; p < P; ++p) raw[p] = static_cast<int32_t>(src[p]);
-    cap.run_tile(args, tile, raw, scratch);
+  for (int64_t begin; (begin = next_tile.fetch_add(kTilesPerClaim)) < args.num_tiles;) {
+    const int64_t end = std::min(begin + kTilesPerClaim, args.num_tiles);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t row = tile / args.tiles_per_row;
+      const int64_t w0 = (tile % args.tiles_per_row) * kTile;
+      const int64_t P = std::min(kTile, args.W - w0);
+      const label_t* src = labels + row * args.W + w0;
+      for (int64_t p = 0; p < P; ++p) raw[p] = static_cast<int32_t>(src[p]);
+      cap.run_tile(args, tile, raw, scratch);
+    }
   }
   cap.fence();
 }
@@ -186,8 +193,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   if (args.num_tiles > 0) {
     AT_DISPATCH_INTEGRAL_TYPES(contiguous_labels.scalar_type(), "hierparse_multilevel_ce_cpu", [&] {
       const scalar_t* label_ptr = contiguous_labels.data_ptr<scalar_t>();
-      at::parallel_for(0, args.num_tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
-        run_tiles<scalar_t>(args, label_ptr, max_classes, begin, end);
+      std::atomic<int64_t> next_tile{0};
+      const int64_t threads = std::min<int64_t>(at::get_num_threads(), (args.num_tiles + kTilesPerClaim - 1) / kTilesPerClaim);
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        run_tiles<scalar_t>(args, label_ptr, max_classes, next_tile);
       });
     });
   }
