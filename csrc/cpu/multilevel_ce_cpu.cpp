@@ -77,7 +77,7 @@ void run_tiles(const cpu::KernelArgs& args, const label_t* labels, int64_t max_c
   const CpuCapability& cap = capability();
   std::vector<char> scratch_bytes(max_classes * cpu::kScratchBytesPerClass + 64);
   void* scratch = scratch_bytes.data() + (64 - reinterpret_cast<uintptr_t>(scratch_bytes.data()) % 64) % 64;
-  int32_t raw[kTile] = {};  // entries past a short tile's end stay 0: a valid id, masked later
+  int32_t raw[kTile] = {};  // past a short tile's end: 0 or an earlier tile's ids, valid and masked later
   for (int64_t begin; (begin = next_tile.fetch_add(kTilesPerClaim)) < args.num_tiles;) {
     const int64_t end = std::min(begin + kTilesPerClaim, args.num_tiles);
     for (int64_t tile = begin; tile < end; ++tile) {
