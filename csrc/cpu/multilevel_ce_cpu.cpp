@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -75,8 +76,8 @@ template <typename label_t>
 void run_tiles(const cpu::KernelArgs& args, const label_t* labels, int64_t max_classes,
                std::atomic<int64_t>& next_tile) {
   const CpuCapability& cap = capability();
-  std::vector<char> scratch_bytes(max_classes * cpu::kScratchBytesPerClass + 64);
-  void* scratch = scratch_bytes.data() + (64 - reinterpret_cast<uintptr_t>(scratch_bytes.data()) % 64) % 64;
+  const std::unique_ptr<char[]> scratch_memory(new char[max_classes * cpu::kScratchBytesPerClass + 64]);
+  void* scratch = scratch_memory.get() + (64 - reinterpret_cast<uintptr_t>(scratch_memory.get()) % 64) % 64;
   int32_t raw[kTile] = {};  // past a short tile's end: 0 or an earlier tile's ids, valid and masked later
   for (int64_t begin; (begin = next_tile.fetch_add(kTilesPerClaim)) < args.num_tiles;) {
     const int64_t end = std::min(begin + kTilesPerClaim, args.num_tiles);
@@ -96,12 +97,14 @@ cpu::LogitType logit_type(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat:
       return cpu::LogitType::Float;
+    case at::kDouble:
+      return cpu::LogitType::Double;
     case at::kHalf:
       return cpu::LogitType::Half;
     case at::kBFloat16:
       return cpu::LogitType::BFloat16;
     default:
-      return cpu::LogitType::Double;  // the planner admits no other type
+      TORCH_CHECK(false, "hierparse: no CPU kernel for ", dtype, " logits");
   }
 }
 

@@ -1,26 +1,18 @@
 // The tile kernel compiled for AVX2 + FMA (x86-64 with GCC; elsewhere this capability is absent).
-#include "cpu/tile_kernel.h"
+#include "cpu/tile_kernel_isa_begin.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <immintrin.h>
+#if HP_X86_GCC
+#pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi2")
 #define HP_ISA avx2
 #define HP_VECTOR_BYTES 32
 #define HP_BLOCK_VECTORS 4
 #include "cpu/tile_kernel_impl.h"
+#pragma GCC pop_options
+#endif
 
 namespace hierparse {
 namespace cpu {
-CpuCapability capability_avx2() { return {"avx2", &avx2::run_tile, &avx2::fence}; }
+CpuCapability capability_avx2() { return HP_CAPABILITY("avx2", avx2); }
 }  // namespace cpu
 }  // namespace hierparse
-#else
-namespace hierparse {
-namespace cpu {
-CpuCapability capability_avx2() { return {"avx2", nullptr, nullptr}; }
-}  // namespace cpu
-}  // namespace hierparse
-#endif

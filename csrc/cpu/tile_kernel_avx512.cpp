@@ -1,26 +1,19 @@
-// The tile kernel compiled for AVX-512 (F, BW, DQ, VL) (x86-64 with GCC; elsewhere this capability is absent).
-#include "cpu/tile_kernel.h"
+// The tile kernel compiled for AVX-512 F/BW/DQ/VL (x86-64 with GCC; elsewhere this capability is
+// absent).
+#include "cpu/tile_kernel_isa_begin.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <immintrin.h>
+#if HP_X86_GCC
+#pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")
 #define HP_ISA avx512
 #define HP_VECTOR_BYTES 64
 #define HP_BLOCK_VECTORS 2
 #include "cpu/tile_kernel_impl.h"
+#pragma GCC pop_options
+#endif
 
 namespace hierparse {
 namespace cpu {
-CpuCapability capability_avx512() { return {"avx512", &avx512::run_tile, &avx512::fence}; }
+CpuCapability capability_avx512() { return HP_CAPABILITY("avx512", avx512); }
 }  // namespace cpu
 }  // namespace hierparse
-#else
-namespace hierparse {
-namespace cpu {
-CpuCapability capability_avx512() { return {"avx512", nullptr, nullptr}; }
-}  // namespace cpu
-}  // namespace hierparse
-#endif

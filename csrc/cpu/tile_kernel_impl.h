@@ -78,11 +78,10 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
   for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
     V* buf = scratch + ((p0 / kBlock) % 2) * C * B;
     const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
-    M target[B]{};  // lanes past the tile's end are ignored pixels (their raw ids are padding)
-    for (int b = 0; b < B; ++b) {
-      for (int j = 0; j < kLanes; ++j) target[b][j] = lookup_target(raw[p0 + b * kLanes + j], a.table);
-      for (int j = 0; j < kLanes; ++j) target[b][j] = b * kLanes + j < count ? target[b][j] : -1;
-    }
+    M target[B]{};  // lanes past the tile's end are ignored pixels
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < kLanes; ++j)
+        target[b][j] = b * kLanes + j < count ? lookup_target(raw[p0 + b * kLanes + j], a.table) : -1;
 
     V m[B], x_target[B], w_target[B], sum[B], weighted_d[B];
     for (int b = 0; b < B; ++b) {
@@ -95,7 +94,10 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
         const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1) __builtin_prefetch(xc + kPrefetchPixels + b * kLanes, 0, 2);
+        if (xw == 1)  // address arithmetic on integers: it may point past the logits (harmless)
+          __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(xc) +
+                                                           (kPrefetchPixels + b * kLanes) * sizeof(scalar_t)),
+                             0, 2);
         buf[c * B + b] = v;
         m[b] = max_value(m[b], v);
         const M hit = target[b] == static_cast<int>(c);
