@@ -12,7 +12,9 @@ computed for all levels in one pass over the logits, with the labels read as raw
 int64 label map). When a gradient is needed the forward pass writes it, already scaled, and the
 backward pass only multiplies it by the incoming gradient (skipped on the CPU when that is 1).
 One deliberate difference from PyTorch: with ``reduction="mean"`` a level without any valid
-pixel gives loss 0 and gradient 0 instead of NaN.
+pixel gives loss 0 and gradient 0 instead of NaN. Results are bitwise deterministic for any thread
+count on one machine; CPUs with different instruction sets (see :func:`cpu_capability`) may
+differ in the last bits.
 """
 
 from __future__ import annotations
