@@ -1,20 +1,26 @@
-"""Does coarse-to-fine stacking help? Trains and scores four variants over several seeds (issue 7).
+"""Does coarse-to-fine stacking help, and why? Trains and scores five variants over several seeds.
 
 On the synthetic LIP-like people with the ``lip`` hierarchy (person -> 5 regions -> 20 parts), with
-the same light backbone, PSP head, data and schedule, only the part that is studied changes:
+the default run's backbone, head, data and schedule (``hierparse.config.DEFAULTS``), only the part
+that is studied changes:
 
 1. ``flat``: one module for the 20 parts (the base network as published);
-2. ``stacked, no skips``: three modules, stack connections only;
-3. ``stacked + skips``: the default model (skips from ``layer2`` and ``layer1``);
-4. ``stacked + skips, fine-weighted``: the default model with level weights ``[0.25, 0.5, 1]``.
+2. ``flat_skip``: the same one module plus the ``layer1`` skip refinement the stacked model's finest
+   module has, without the stack (a plain decoder): separates skips from stacking;
+3. ``stacked_no_skips``: three modules, stack connections only;
+4. ``stacked``: the default model (skips from ``layer2`` and ``layer1``);
+5. ``stacked_fine_weighted``: the default model with level weights ``[0.25, 0.5, 1]``.
 
 Each run is ``hierparse.train.train`` with a config from :func:`hierparse.config.resolve`, evaluated
 once at the end. Stacked models are also scored with consistent decoding (same weights). Seeds go
 in the outer loop and variants in the inner one, so drifting load from other jobs hits all variants
-alike. Writes ``study.md`` (tables), ``study.png`` (fine mIoU per variant and seed) and
-``study.json`` (every number) to ``--out``; run directories (checkpoints, logs) to ``--runs``.
+alike. The study resumes run by run: every finished (variant, seed) leaves a record in
+``<out>/study_runs/`` and is skipped when the command runs again; after each run the tables are
+rewritten from the records so far and say how many runs they hold. Writes ``study.md`` (tables),
+``study.png`` (fine mIoU per variant and seed) and ``study.json`` (every number) to ``--out``; run
+directories (checkpoints, logs) to ``--runs``.
 
-    python benchmarks/study.py            # the full study: 4 variants x 3 seeds, under 60 min on 2 cores
+    python benchmarks/study.py            # the full study: 5 variants x 3 seeds (about 100 min on 2 cores)
     python benchmarks/study.py --quick    # tiny settings, seconds, into a temporary folder (CI)
 """
 
@@ -64,17 +70,18 @@ class Variant:
 
 VARIANTS = (
     Variant("flat", "flat (parts only)", {"stacked": False}),
+    Variant("flat_skip", "flat + layer1 skip (no stack)", {"stacked": False, "skips": ["layer1"]}),
     Variant("stacked_no_skips", "stacked, no skips", {"skips": []}),
     Variant("stacked", "stacked + skips (default)", {"skips": None}),
     Variant("stacked_fine_weighted", f"stacked + skips, level weights {FINE_WEIGHTS}",
             {"skips": None, "level_weights": FINE_WEIGHTS}),
 )
 
-# Shared by every run (on top of hierparse.config.DEFAULTS: light backbone, psp head, crop 128,
-# batch 16, adamw, lr 0.004, poly schedule with warm-up). Only the final evaluation runs
-# (eval_interval = max_iters); log windows of 10 iterations time the training steps.
+# Shared by every run, on top of hierparse.config.DEFAULTS (the default run: its model, data and
+# schedule). Only the final evaluation runs (eval_interval = max_iters), on 500 images; log windows
+# of 10 iterations time the training steps.
 FULL_SETTINGS: dict[str, Any] = {
-    "hierarchy": "lip", "dataset": "synthetic", "max_iters": 500, "eval_interval": 500,
+    "hierarchy": "lip", "dataset": "synthetic", "eval_interval": configuration.DEFAULTS["max_iters"],
     "synthetic_val_images": 500, "log_interval": 10, "decode": "independent",
 }
 QUICK_SETTINGS: dict[str, Any] = {
@@ -111,10 +118,15 @@ def scores(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_tokens(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Path) -> list[str]:
+    """The ``KEY VALUE`` overrides of one run: the shared settings, the variant's, the seed and the folder."""
+    return override_tokens({**settings, **variant.overrides, "seed": seed,
+                            "out": str(runs_dir / variant.key / f"seed{seed}")})
+
+
 def run_one(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
     """Train ``variant`` with ``seed``, score it (and, when stacked, score it again with consistent decoding)."""
-    run_settings = {**settings, **variant.overrides, "seed": seed, "out": str(runs_dir / variant.key / f"seed{seed}")}
-    tokens = override_tokens(run_settings)
+    tokens = run_tokens(variant, seed, settings, runs_dir)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     trainer = train(configuration.resolve(None, tokens))
@@ -135,7 +147,7 @@ def run_one(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Pat
 
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation; the std is NaN for a single value, both are NaN if a value is."""
-    if any(math.isnan(value) for value in values):
+    if any(value is None or math.isnan(value) for value in values):  # JSON keeps NaN as null
         return {"mean": math.nan, "std": math.nan}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else math.nan}
 
@@ -150,6 +162,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {}
     for variant in VARIANTS:
         mine = [run for run in runs if run["variant"] == variant.key]
+        if not mine:  # a partial study: this variant has not run yet
+            continue
         decodes = {}
         for mode in mine[0]["decode"]:
             results = [run["decode"][mode] for run in mine]
@@ -164,7 +178,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "parameters": mine[0]["parameters"],
             "seconds_per_iteration": spread([run["seconds_per_iteration"] for run in mine]),
             "fine_miou_minus_flat": spread([run["decode"]["independent"]["fine_miou"] - flat[run["seed"]]
-                                            for run in mine]),
+                                            for run in mine if run["seed"] in flat]),
             "decode": decodes,
         }
     return summary
@@ -193,15 +207,20 @@ def machine() -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The results tables with the command, machine, settings and load above them."""
-    summary, info = report["summary"], report["machine"]
+    summary, runs = report["summary"], report["runs"]
     levels = list(next(iter(summary.values()))["decode"]["independent"]["merged_miou"])
     fine, coarse = levels[-1], levels[:-1]
-    loads = [load for run in report["runs"] for load in (run["load_before"], run["load_after"])]
+    loads = [load for run in runs for load in (run["load_before"], run["load_after"])]
     settings = ", ".join(f"{key} {json.dumps(value)}" for key, value in report["settings"].items())
+    machines = sorted({f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"
+                       for m in (run["machine"] for run in runs)})
+    commits = sorted({run["machine"]["commit"] for run in runs})
+    status = ("complete" if report["complete"] else
+              f"PARTIAL: {len(runs)} of {report['planned_runs']} runs so far (the command resumes the rest)")
     lines = [
-        f"Command: `{report['command']}` ({report['wall_minutes']:.1f} min).",
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, Python {info['python']}, "
-        f"commit {info['commit']}; "
+        f"Command: `{report['command']}` ({sum(run['wall_seconds'] for run in runs) / 60:.1f} min of runs; "
+        f"{status}).",
+        f"Machine: {'; '.join(machines)}; commit {', '.join(commits)}; "
         f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs.",
         f"Settings (on top of `hierparse.config.DEFAULTS`): {settings}; seeds {report['seeds']}.",
         "",
@@ -285,31 +304,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
-    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
-    info = machine()  # before training: the commit that the runs use
-    start = time.perf_counter()
-    runs = []
-    for seed in range(args.seeds):
-        for variant in VARIANTS:
-            print(f"=== {variant.label}, seed {seed}", flush=True)
-            runs.append(run_one(variant, seed, settings, runs_dir))
-            print(f"=== {variant.label}, seed {seed}: fine mIoU "
-                  f"{100 * runs[-1]['decode']['independent']['fine_miou']:.2f}, "
-                  f"{runs[-1]['wall_seconds']:.0f} s", flush=True)
-    command = ["python", "benchmarks/study.py", *(sys.argv[1:] if argv is None else argv)]
-    report = {
-        "command": shlex.join(str(token) for token in command), "wall_minutes": (time.perf_counter() - start) / 60,
-        "machine": info, "settings": settings, "seeds": list(range(args.seeds)),
-        "summary": summarise(runs), "runs": runs,
-    }
+def record_path(records: Path, variant: Variant, seed: int) -> Path:
+    return records / f"{variant.key}_seed{seed}.json"
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    """A finished run's record, or None if it has not run (NaN, e.g. a flat model's consistency, is null)."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def report_of(runs: list[dict[str, Any]], args: argparse.Namespace, settings: dict[str, Any],
+              command: str) -> dict[str, Any]:
+    planned = args.seeds * len(VARIANTS)
+    return {"command": command, "settings": settings, "seeds": list(range(args.seeds)), "planned_runs": planned,
+            "complete": len(runs) == planned, "summary": summarise(runs), "runs": runs}
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
     write_text(out / "study.json", to_json(report, indent=1) + "\n")
     write_text(out / "study.md", markdown(report))
     plot(report["summary"], out / "study.png")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
+    records = writable_dir(out / "study_runs")
+    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    command = shlex.join(["python", "benchmarks/study.py", *(str(t) for t in (sys.argv[1:] if argv is None else argv))])
+    runs = []
+    for seed in range(args.seeds):
+        for variant in VARIANTS:
+            path = record_path(records, variant, seed)
+            record = load_record(path)
+            config = configuration.resolve(None, run_tokens(variant, seed, settings, runs_dir))
+            if record is not None and record["config"] == config:
+                print(f"=== {variant.label}, seed {seed}: done before ({path.name}), skipped", flush=True)
+            else:
+                print(f"=== {variant.label}, seed {seed}", flush=True)
+                info = machine()  # before training: the commit that the run uses
+                record = {**run_one(variant, seed, settings, runs_dir), "machine": info}
+                write_text(path, to_json(record, indent=1) + "\n")
+                print(f"=== {variant.label}, seed {seed}: fine mIoU "
+                      f"{100 * record['decode']['independent']['fine_miou']:.2f}, "
+                      f"{record['wall_seconds']:.0f} s", flush=True)
+            runs.append(record)
+            write_report(report_of(runs, args, settings, command), out)
+    report = report_of(runs, args, settings, command)
     print(markdown(report))
-    print(f"wrote {out / 'study.md'}, {out / 'study.png'}, {out / 'study.json'}; run directories in {runs_dir}")
+    print(f"wrote {out / 'study.md'}, {out / 'study.png'}, {out / 'study.json'}; records in {records}; "
+          f"run directories in {runs_dir}")
     return 0
 
 

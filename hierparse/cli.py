@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from hierparse.engine.command import print_problems, run_command
 from hierparse.evaluate import add_evaluate
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
 from hierparse.predict import add_predict
 from hierparse.train import add_train
-
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 # ---------------------------------------------------------------------- show
@@ -110,12 +110,6 @@ def add_validate(subparsers) -> None:
     p.set_defaults(func=run_validate)
 
 
-def print_problems(error: HierarchyError) -> None:
-    """One ``hierparse: error:`` line per problem of an invalid hierarchy file."""
-    for problem in error.problems:
-        print(f"hierparse: error: {problem}", file=sys.stderr)
-
-
 def run_validate(args) -> int:
     failed = False
     for path in args.files:
@@ -145,7 +139,10 @@ def add_build_model(subparsers) -> None:
     p.add_argument("--output-stride", type=int, default=8, help="8 or 16 (default 8)")
     p.add_argument("--skips", metavar="STAGES",
                    help="skip stage per level after the first, comma-separated (layer1..layer3 or "
-                        "none each), or 'none' for no skips; default: finest level <- layer1")
+                        "none each), or 'none' for no skips; default: finest level <- layer1; "
+                        "with --flat one stage (flat + skip), default none")
+    p.add_argument("--module-width", type=int, default=DEFAULT_MODULE_WIDTH,
+                   help=f"channels of each module's refinement branch (default {DEFAULT_MODULE_WIDTH})")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_build_model)
 
@@ -177,7 +174,7 @@ def run_build_model(args) -> int:
         return 2
     with torch.device("meta"):  # shapes and counts only: no weights allocated, nothing computed
         model = build_model(h, args.backbone, args.head, stacked=not args.flat,
-                            output_stride=args.output_stride, skips=skips)
+                            output_stride=args.output_stride, skips=skips, module_width=args.module_width)
     info = describe_model(model, size)
     if args.json:
         print(json.dumps({"model": info, "hierarchy": describe_hierarchy(h)}, indent=2))
@@ -207,14 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "overrides" not in vars(args):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
-    try:
-        return args.func(args)
-    except HierarchyError as error:
-        print_problems(error)
-        return 2
-    except USER_ERRORS as error:
-        print(f"hierparse: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

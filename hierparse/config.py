@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
+
 # The no-argument run: the light stacked PSP model on synthetic LIP-like people, 6.5 minutes measured on
 # a shared 2-core CPU including evaluation (README "Train, evaluate, predict").
 DEFAULTS: dict[str, Any] = {
@@ -25,14 +27,17 @@ DEFAULTS: dict[str, Any] = {
     "val_split": "val",
     "synthetic_train_images": 20000,  # distinct synthetic training images (sample i is fixed by seed, split, i)
     "synthetic_val_images": 200,
-    "crop_size": 128,                 # training crop (after random scale 0.5-2 and flip)
+    "crop_size": 128,                 # training crop (after random scale and flip)
+    "train_scale": [0.75, 1.25],      # range of the random rescale before cropping
     "eval_size": 128,                 # evaluation images are resized to this; null: native size, batch 1
     "workers": 1,                     # DataLoader worker processes per training process
     # model
     "backbone": "light",              # light, resnet18/34/50/101
     "head": "psp",                    # fcn, psp, aspp
     "stacked": True,                  # false: the flat baseline (finest level only)
-    "skips": None,                    # skip stage per level after the first; null: default, []: none
+    "skips": None,                    # stacked: skip stage per level after the first (null: default, []: none);
+                                      # flat: null or one stage, e.g. [layer1] (flat + skip)
+    "module_width": DEFAULT_MODULE_WIDTH,  # channels of each module's refinement branch
     "output_stride": 8,
     "pretrained": None,               # torchvision ResNet checkpoint file for the backbone
     # loss
@@ -45,16 +50,19 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,                  # sgd only
     "weight_decay": 0.0001,           # not applied to norm weights and biases
     "batch_size": 16,                 # per process
-    "max_iters": 800,
+    "max_iters": 1200,
     "warmup_iters": 50,               # linear warm-up from warmup_factor * lr, then poly decay
     "warmup_factor": 0.1,
     "poly_power": 0.9,
-    "amp": None,                      # null, bf16 (CPU or GPU) or fp16 (GPU)
+    "amp": "auto",                    # null, bf16 (CPU or GPU), fp16 (GPU), or auto: bf16 where the device
+                                      # computes it natively (GPU; CPU with AVX512-BF16 or AMX), else null
+    "channels_last": True,            # NHWC memory layout for model and images (faster oneDNN convolutions)
+    "compile": False,                 # torch.compile the model (first steps slower while it compiles)
     # run
     "seed": 0,
     "out": "runs/default",            # run directory
     "resume": False,                  # continue from <out>/last.pt
-    "eval_interval": 200,             # evaluate, checkpoint and plot every N iterations (and at the end)
+    "eval_interval": 400,             # evaluate, checkpoint and plot every N iterations (and at the end)
     "log_interval": 20,
     "decode": "independent",          # independent or consistent (evaluation and samples)
     "device": "auto",                 # auto (cuda when available), cpu, cuda, cuda:1
@@ -69,7 +77,7 @@ NULLABLE: dict[str, type] = {
 TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("adamw", "sgd"),
-    "amp": (None, "bf16", "fp16"),
+    "amp": (None, "bf16", "fp16", "auto"),
     "decode": ("independent", "consistent"),
 }
 POSITIVE = ("crop_size", "batch_size", "max_iters", "eval_interval", "log_interval", "lr",
@@ -110,6 +118,12 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     for key in NON_NEGATIVE:
         if config[key] < 0:
             raise ValueError(f"config key {key!r} must not be negative, got {config[key]!r}")
+    scale = config["train_scale"]
+    if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+            or not 0 < scale[0] <= scale[1]):
+        raise ValueError(f"config key 'train_scale' must be [low, high] with 0 < low <= high, got {scale!r}")
+    if config["module_width"] < 2:
+        raise ValueError(f"config key 'module_width' must be at least 2, got {config['module_width']!r}")
     if config["eval_size"] is not None and config["eval_size"] < 16:
         raise ValueError(f"config key 'eval_size' must be at least 16 or null, got {config['eval_size']!r}")
     return config

@@ -28,11 +28,13 @@ import torch.utils.data
 from torch.nn.parallel import DistributedDataParallel
 
 from hierparse import config as configuration
-from hierparse.data import build_dataset
+from hierparse.data import build_dataset, train_transform
 from hierparse.engine import distributed
 from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
                                         load_checkpoint, model_config, restore_rng)
-from hierparse.engine.io import save_torch, to_json, write_text, writable_dir
+from hierparse.engine.command import run_command
+from hierparse.engine.io import save_torch, write_text, writable_dir
+from hierparse.engine.run_log import RunLog
 from hierparse.engine.sampling import EpochSampler, SeededSamples
 from hierparse.engine.visualize import plot_curves
 from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
@@ -43,6 +45,24 @@ from hierparse.metrics import format_metrics
 
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX tiles (elsewhere oneDNN emulates bfloat16, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> str | None:
+    """The autocast mode to train with: ``auto`` becomes bf16 where the device has native bfloat16,
+    else None (float32); fp16 needs a GPU."""
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else None
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp fp16 needs a GPU; use amp bf16 on the CPU")
+    return amp
 
 
 class TrainingDiverged(ValueError):
@@ -93,52 +113,68 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def run_directory_files(out: Path, config: dict[str, Any], hierarchy, log: RunLog) -> None:
+    """Rank 0 checks that ``out`` is writable, clears a previous run's logs (unless resuming) and saves
+    the config and the hierarchy; every rank raises the same error if that fails."""
+    failure = None
+    if log.main:
+        try:
+            writable_dir(out, "run directory")
+            if not config["resume"]:
+                if (out / "last.pt").exists():
+                    log.print(f"starting a new run in {out} (resume true would continue the one there)")
+                for stale in [out / "metrics.jsonl", *(out / "tb").glob("events.out.tfevents.*")]:
+                    stale.unlink(missing_ok=True)
+            write_text(out / "config.yaml", configuration.dump({**config, "resume": False}))
+            source = Path(hierarchy.source)
+            write_text(out / "hierarchy.yaml", source.read_text() if source.is_file() else hierarchy.to_yaml())
+        except OSError as error:
+            failure = error
+    message = distributed.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise PermissionError(message)
+
+
 class Trainer:
-    """One training run: data, model, optimiser, schedule, evaluation, checkpoints and logs."""
+    """One training run: builds data, model and solver from a config, then trains, evaluates and checkpoints.
+
+    ``run()`` trains to ``max_iters``; ``train_step`` is one optimiser step; ``evaluate_and_checkpoint``
+    scores the validation split and writes ``last.pt``/``best.pt``, curves and samples. What is
+    reported along the way goes through :class:`~hierparse.engine.run_log.RunLog` (``self.log``).
+    """
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
         self.device = distributed.setup(config["device"])
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        if config["amp"] == "fp16" and self.device.type != "cuda":
-            raise ValueError("amp fp16 needs a GPU; use amp bf16 on the CPU")
+        self.amp = resolve_amp(config["amp"], self.device)
+        self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config))
         self.out = Path(config["out"])
+        self.log = RunLog(self.out, self.main, config["max_iters"])
         self.hierarchy = load_hierarchy(config["hierarchy"])
         self.train_set, self.val_set = self._datasets()
         checkpoint = self._checkpoint_to_resume()
 
         seed_everything(config["seed"] + self.rank)
-        self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(self.device)
-        self.level_names = self.model.level_names
-        self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
-                                     class_weights=config["class_weights"],
-                                     label_smoothing=config["label_smoothing"]).to(self.device)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
-                                       config["poly_power"]))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
-        self.iteration, self.best_miou, self.history, self.result = 0, -math.inf, [], None
+        self._build_solver()
+        self.iteration, self.best_miou, self.result = 0, -math.inf, None
         if checkpoint is not None:
             self._restore(checkpoint)
         self.saved_iteration = self.iteration if checkpoint is not None else None
-        self.network: torch.nn.Module = self.model
-        if self.world > 1:
-            if self.device.type == "cuda":
-                self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.network = DistributedDataParallel(
-                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
+        self.network = self._wrap_model()
         self.sampler = EpochSampler(self.train_set, self.world, self.rank, config["seed"])
         self.iters_per_epoch = self.sampler.num_samples // config["batch_size"]
         if self.iters_per_epoch == 0:
             raise ValueError(
                 f"the training split has {len(self.train_set)} images, fewer than one batch of "
                 f"{config['batch_size']} per process ({self.world} processes); lower batch_size")
-        self._prepare_run_dir()  # only once everything above is known to work: no half-made run directory
+        # only once everything above is known to work: no half-made run directory
+        run_directory_files(self.out, config, self.hierarchy, self.log)
         self.train_loader = torch.utils.data.DataLoader(
             SeededSamples(self.train_set, config["seed"]), batch_size=config["batch_size"], sampler=self.sampler,
             num_workers=config["workers"], pin_memory=self.device.type == "cuda", drop_last=True,
@@ -146,11 +182,7 @@ class Trainer:
             generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
         )
         self.val_loader = eval_loader(self.val_set, config, self.device)
-        self.events = None
-        if self.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.events = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration if checkpoint else None)
+        self.log.open_events(self.iteration, resumed=checkpoint is not None)
         if checkpoint is not None:  # last, so that nothing above shifts the restored random streams
             restore_rng(checkpoint["rng"][self.rank % len(checkpoint["rng"])])
 
@@ -158,8 +190,9 @@ class Trainer:
     def _datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         config = self.config
         options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
+        augment = train_transform(self.hierarchy, config["crop_size"], scale=tuple(config["train_scale"]))
         train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
-                                  transform="train", size=config["crop_size"], **options)
+                                  transform=augment, size=config["crop_size"], **options)
         return (require_samples(train_set, config, config["train_split"]),
                 build_eval_dataset(config, self.hierarchy, config["val_split"]))
 
@@ -176,27 +209,30 @@ class Trainer:
                              f"the config asks for {model_config(self.config)}")
         return checkpoint
 
-    def _prepare_run_dir(self) -> None:
-        """Rank 0 checks the folder is writable and saves config and hierarchy; every rank sees its error."""
-        failure = None
-        if self.main:
-            try:
-                writable_dir(self.out, "run directory")
-                if not self.config["resume"]:
-                    if (self.out / "last.pt").exists():
-                        self.log(f"starting a new run in {self.out} (resume true would continue the one there)")
-                    for stale in [self.out / "metrics.jsonl", *(self.out / "tb").glob("events.out.tfevents.*")]:
-                        stale.unlink(missing_ok=True)
-                write_text(self.out / "config.yaml", configuration.dump({**self.config, "resume": False}))
-                source = Path(self.hierarchy.source)
-                write_text(self.out / "hierarchy.yaml", source.read_text() if source.is_file() else self.hierarchy.to_yaml())
-            except OSError as error:
-                failure = error
-        message = distributed.broadcast_object(None if failure is None else str(failure))
-        if failure is not None:
-            raise failure
-        if message is not None:
-            raise PermissionError(message)
+    def _build_solver(self) -> None:
+        """Model, loss, optimiser, learning-rate schedule and (fp16) gradient scaler."""
+        config = self.config
+        self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(
+            self.device, memory_format=self.memory_format)
+        self.level_names = self.model.level_names
+        self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
+                                     class_weights=config["class_weights"],
+                                     label_smoothing=config["label_smoothing"]).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
+                                       config["poly_power"]))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+
+    def _wrap_model(self) -> torch.nn.Module:
+        """The module that trains: the model, under DDP with several processes, compiled on request."""
+        network: torch.nn.Module = self.model
+        if self.world > 1:
+            if self.device.type == "cuda":
+                network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+            network = DistributedDataParallel(
+                network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(network) if self.config["compile"] else network
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
@@ -204,18 +240,17 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.iteration, self.best_miou = checkpoint["iteration"], checkpoint["best_miou"]
-        if self.main and (self.out / "metrics.jsonl").exists():
-            records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
-            self.history = [record for record in records if record["iter"] <= self.iteration]
-            write_text(self.out / "metrics.jsonl", "".join(to_json(record) + "\n" for record in self.history))
+        self.log.restore(self.iteration)
+        if checkpoint["amp"] != self.amp:  # amp auto on a machine with(out) native bfloat16
+            self.log.print(f"note: iterations 1-{self.iteration} ran in {checkpoint['amp'] or 'float32'}, "
+                           f"the rest run in {self.amp or 'float32'} (amp {self.config['amp'] or 'null'} on this device)")
 
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One optimiser step; returns the per-level losses averaged over processes (detached)."""
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = batch["label"].to(self.device, non_blocking=True)
-        amp = self.config["amp"]
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES[amp], enabled=amp is not None):
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp], enabled=self.amp is not None):
             logits = self.network(images)
         losses = self.loss([scores.float() for scores in logits], labels)
         reported = losses.detach().clone()
@@ -241,67 +276,44 @@ class Trainer:
         """Train to ``max_iters``, evaluating every ``eval_interval``; ``result`` holds the last evaluation."""
         config = self.config
         if self.iteration >= config["max_iters"]:
-            self.log(f"{self.out / 'last.pt'} is already at iteration {self.iteration} of {config['max_iters']}")
+            self.log.print(f"{self.out / 'last.pt'} is already at iteration {self.iteration} of {config['max_iters']}")
             return
-        self.log(f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
-                 f"on {config['dataset']} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
-                 f"for {config['max_iters']} iterations of {config['batch_size']}x{self.world} images; "
-                 f"{self.device}, {torch.get_num_threads()} threads, run directory {self.out}")
-        progress = self._progress_bar()
-        window = {"losses": torch.zeros(len(self.level_names)), "steps": 0, "start": time.perf_counter()}
+        self.log.print(
+            f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
+            f"on {config['dataset']} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
+            f"for {config['max_iters']} iterations of {config['batch_size']}x{self.world} images; "
+            f"{self.device}, {torch.get_num_threads()} threads, {self.amp or 'float32'}"
+            f"{', channels_last' if config['channels_last'] else ''}{', compiled' if config['compile'] else ''}; "
+            f"run directory {self.out}")
+        self.log.start_progress(self.iteration)
+        window = LossWindow(len(self.level_names))
         while self.iteration < config["max_iters"]:
             epoch, done = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_epoch(epoch)
             self.sampler.skip = done * config["batch_size"]
             for batch in self.train_loader:
-                window["losses"] += self.train_step(batch).cpu()
-                window["steps"] += 1
-                if progress is not None:
-                    progress.update(1)
-                if self.iteration % config["log_interval"] == 0 or self.iteration == config["max_iters"]:
-                    self._log_training(window, progress)
-                    window = {"losses": torch.zeros(len(self.level_names)), "steps": 0, "start": time.perf_counter()}
-                if self.iteration % config["eval_interval"] == 0 or self.iteration == config["max_iters"]:
-                    self._evaluate_and_checkpoint(progress)
-                    window["start"] = time.perf_counter()
-                if self.iteration >= config["max_iters"]:
+                window.add(self.train_step(batch))
+                self.log.step()
+                finished = self.iteration >= config["max_iters"]
+                if self.iteration % config["log_interval"] == 0 or finished:
+                    losses, steps, seconds = window.flush()
+                    self.log.training(self.iteration, dict(zip(self.level_names, losses)),
+                                      self.optimizer.param_groups[0]["lr"],
+                                      steps * config["batch_size"] * self.world / seconds)
+                if self.iteration % config["eval_interval"] == 0 or finished:
+                    self.evaluate_and_checkpoint()
+                    window.restart_clock()
+                if finished:
                     break
-        if progress is not None:
-            progress.close()
 
-    def _progress_bar(self):
-        if not (self.main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.config["max_iters"], initial=self.iteration, desc="train", dynamic_ncols=True)
-
-    def _log_training(self, window: dict[str, Any], progress) -> None:
-        if not self.main or window["steps"] == 0:
-            return
-        losses = (window["losses"] / window["steps"]).tolist()
-        speed = window["steps"] * self.config["batch_size"] * self.world / (time.perf_counter() - window["start"])
-        lr = self.optimizer.param_groups[0]["lr"]
-        record = {"type": "train", "iter": self.iteration, "loss": sum(losses),
-                  "losses": dict(zip(self.level_names, losses)), "lr": lr, "images_per_s": speed}
-        self._record(record)
-        self.events.add_scalar("train/loss", record["loss"], self.iteration)
-        for name, value in record["losses"].items():
-            self.events.add_scalar(f"train/loss_{name}", value, self.iteration)
-        self.events.add_scalar("train/lr", lr, self.iteration)
-        self.events.add_scalar("train/images_per_s", speed, self.iteration)
-        if progress is not None:
-            progress.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{speed:.1f}")
-        else:
-            per_level = " ".join(f"{name} {value:.3f}" for name, value in record["losses"].items())
-            self.log(f"iter {self.iteration}/{self.config['max_iters']}  loss {record['loss']:.3f} ({per_level})  "
-                     f"lr {lr:.2e}  {speed:.1f} img/s")
-
-    def _evaluate_and_checkpoint(self, progress) -> None:
+    def evaluate_and_checkpoint(self) -> None:
+        """Score the validation split, write ``last.pt`` (and ``best.pt`` on a new best finest-level
+        mIoU), the curves and the sample grid."""
         if self.world > 1:  # each process updated its norm statistics on its own last batch: use rank 0's,
             for buffer in self.model.buffers():  # as DDP's next forward would and the checkpoint holds
                 torch.distributed.broadcast(buffer, src=0)
-        self.result = result = evaluate_model(self.network, self.val_loader, self.hierarchy, self.device,
+        # the plain model: a compiled one would recompile for evaluation (eval mode, other batch sizes)
+        self.result = result = evaluate_model(self.model, self.val_loader, self.hierarchy, self.device,
                                               self.config["decode"])
         fine_miou = result["levels"][-1]["miou"]
         improved = not math.isnan(fine_miou) and fine_miou > self.best_miou
@@ -310,51 +322,53 @@ class Trainer:
         rng = distributed.all_gather_objects(capture_rng())
         if not self.main:
             return
-        record = {"type": "eval", "iter": self.iteration,
-                  "miou": {entry["name"]: entry["miou"] for entry in result["levels"]},
-                  "merged_miou": {entry["name"]: entry["miou"] for entry in result["merged"]},
-                  "pixel_acc": {entry["name"]: entry["pixel_acc"] for entry in result["levels"]},
-                  "consistency": result["consistency"]}
-        self._record(record)
-        for group in ("miou", "merged_miou", "pixel_acc"):
-            for name, value in record[group].items():
-                self.events.add_scalar(f"val/{group}_{name}", value, self.iteration)
-        self.events.add_scalar("val/consistency", result["consistency"], self.iteration)
-        self.events.flush()
+        self.log.evaluation(self.iteration, result, improved)
         checkpoint = {
             "format": FORMAT, "hierarchy_yaml": self.hierarchy.to_yaml(), "model_config": model_config(self.config),
             "config": self.config, "iteration": self.iteration, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng, "best_miou": self.best_miou, "metrics": result,
+            "amp": self.amp,
         }
         save_torch(checkpoint, self.out / "last.pt")
         self.saved_iteration = self.iteration
         if improved:
             save_torch(checkpoint, self.out / "best.pt")
-        plot_curves(self.history, self.hierarchy.level_names, self.out)
+        plot_curves(self.log.history, self.hierarchy.level_names, self.out)
         save_sample_grid(self.model, self.val_set, self.hierarchy, self.device, self.config["decode"],
                          self.out / "samples.png")
-        modules = "  ".join(f"{entry['name']} {100 * entry['miou']:.1f}" for entry in result["levels"])
-        self.log(f"iter {self.iteration}: val mIoU {modules}  consistency {100 * result['consistency']:.1f}%"
-                 f"{'  (best)' if improved else ''}", progress)
 
-    def _record(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        with open(self.out / "metrics.jsonl", "a") as stream:
-            stream.write(to_json(record) + "\n")
-
-    def log(self, message: str, progress=None) -> None:
-        """Print on rank 0 (through the progress bar when there is one)."""
-        if not self.main:
-            return
-        if progress is not None:
-            progress.write(message)
-        else:
-            print(message, flush=True)
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.log.history
 
     def close(self) -> None:
-        if self.events is not None:
-            self.events.close()
+        self.log.close()
+
+
+class LossWindow:
+    """Per-level losses summed over the steps since the last log line, and the time those steps took."""
+
+    def __init__(self, levels: int):
+        self.total = torch.zeros(levels)
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.total += losses.cpu()
+        self.steps += 1
+
+    def flush(self) -> tuple[list[float], int, float]:
+        """(mean losses, steps, seconds) of the window; then start a new one."""
+        result = ((self.total / self.steps).tolist(), self.steps, time.perf_counter() - self.start)
+        self.total.zero_()
+        self.steps = 0
+        self.start = time.perf_counter()
+        return result
+
+    def restart_clock(self) -> None:
+        """Leave time spent outside training (evaluation) out of the speed."""
+        self.start = time.perf_counter()
 
 
 def train(config: dict[str, Any]) -> Trainer:
@@ -368,16 +382,25 @@ def train(config: dict[str, Any]) -> Trainer:
 
 
 # ---------------------------------------------------------------------- command
-def add_train(subparsers) -> None:
+def parser_options() -> dict[str, Any]:
+    """Usage, description and the list of config keys: shared by ``hierparse train`` and ``python -m hierparse.train``."""
     keys = "\n".join(f"  {key} (default {json.dumps(value)})" for key, value in configuration.DEFAULTS.items())
-    p = subparsers.add_parser(
-        "train", help="train a stacked parser (no arguments: synthetic LIP-like data on the CPU, a few minutes)",
+    return dict(
         usage="%(prog)s [-h] [--config FILE] [KEY VALUE | --key value | --flag ...]",
         description="Train, evaluate, write a run directory.\nSettings: defaults < --config FILE < KEY VALUE "
                     "or --key value pairs on the command line,\ne.g. max_iters 200 --lr 0.01 --resume --out=runs/x",
         epilog=f"config keys:\n{keys}", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--config", metavar="FILE", help="YAML file of config keys (see configs/)")
-    p.set_defaults(func=run_train, overrides=[])  # cli.main passes the arguments it does not know as overrides
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file of config keys (see configs/)")
+    parser.set_defaults(func=run_train, overrides=[])  # arguments the parser does not know become overrides
+
+
+def add_train(subparsers) -> None:
+    configure_parser(subparsers.add_parser(
+        "train", help="train a stacked parser (no arguments: synthetic LIP-like data on the CPU, a few minutes)",
+        **parser_options()))
 
 
 def resolve_config(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
@@ -407,9 +430,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m hierparse.train ...``, the same as ``hierparse train ...``."""
-    from hierparse.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="python -m hierparse.train", **parser_options())
+    configure_parser(parser)
+    args, args.overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

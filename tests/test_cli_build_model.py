@@ -67,6 +67,17 @@ def test_flat_stride_size_and_skips_options(capsys):
     assert skips[0] is None and skips[1]["stage"] == "layer3" and skips[2] is None
 
 
+def test_flat_with_skip_and_module_width(capsys):
+    code, out, _ = run(capsys, "lip", "--backbone", "light", "--flat", "--skips", "layer1", "--module-width", "32",
+                       "--input-size", "128")
+    assert code == 0
+    assert "inputs: context 48ch 16x16; skip layer1 24ch 32x32" in out and "output: 20ch 32x32 logits" in out
+    assert "modules (coarse -> fine; refinement width 32):" in out
+    expected = sum(p.numel() for p in build_model("lip", "light", "psp", stacked=False, skips=["layer1"],
+                                                  module_width=32).parameters())
+    assert f" {expected:,} " in out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["nothere.yaml"], "nothere.yaml: hierarchy file not found"),
     (["lip", "--backbone", "vgg16"], "unknown backbone 'vgg16'; choices: resnet18"),
@@ -74,6 +85,7 @@ def test_flat_stride_size_and_skips_options(capsys):
     (["lip", "--output-stride", "4"], "output_stride must be one of (8, 16), got 4"),
     (["lip", "--input-size", "big"], "--input-size: expected a positive size"),
     (["lip", "--skips", "layer1"], "skips needs one entry per level after the first (2)"),
+    (["lip", "--module-width", "1"], "module_width must be an integer of at least 2, got 1"),
 ])
 def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)

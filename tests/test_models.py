@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hierparse import build_model, load_hierarchy
 from hierparse.hierarchy import builtin_names
 from hierparse.models import BACKBONES, HEADS, describe_model
-from hierparse.models.stacked import RefineModule
+from hierparse.models.heads import resize
 
 HEAD_NAMES = ["fcn", "psp", "aspp"]
 
@@ -163,10 +163,19 @@ def test_resnet_model_outputs():
 @pytest.mark.parametrize("stacked", [True, False])
 def test_gradients_reach_every_parameter(backbone, head, stacked):
     torch.manual_seed(0)
-    model = build_model("lip", backbone, head, stacked=stacked)
-    outputs = model(torch.randn(2, 3, 64, 64))
-    loss = sum(F.cross_entropy(o, torch.randint(o.shape[1], (2, *o.shape[-2:]))) for o in outputs)
-    loss.backward()
+    model = build_model("lip", backbone, head, stacked=stacked, skips=None if stacked else ["layer1"])
+    images = torch.randn(2, 3, 64, 64)
+    labels = [torch.randint(c, (2, 16, 16)) for c in model.num_classes]
+
+    def backward():
+        model.zero_grad()
+        outputs = [resize(o, (16, 16)) for o in model(images)]
+        sum(F.cross_entropy(o, y) for o, y in zip(outputs, labels)).backward()
+
+    # the refinements' last convolutions start at zero, so their inputs get gradients after one step
+    backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
@@ -175,7 +184,7 @@ def test_flat_model_has_one_module_for_the_finest_level():
     hierarchy = load_hierarchy("lip")
     model = build_model(hierarchy, "light", "psp", stacked=False)
     assert len(model.levels) == 1
-    assert not any(isinstance(m, RefineModule) for m in model.modules())
+    assert model.levels[0].refine is None  # the base network's classifier and nothing else
     outputs = model(torch.randn(1, 3, 64, 64))
     assert len(outputs) == 1 and tuple(outputs[0].shape) == (1, 20, 8, 8)
     stacked = build_model(hierarchy, "light", "psp")
@@ -225,21 +234,21 @@ def test_custom_skips_set_module_inputs_and_resolution():
     assert model.skips == [None, "layer1", "layer3"]
     sizes = [tuple(o.shape[-2:]) for o in model(torch.randn(1, 3, 64, 64))]
     assert sizes == [(8, 8), (16, 16), (8, 8)]
-    assert model.levels[1].skip[0].in_channels == model.backbone.stage_channels[0]
-    assert model.levels[2].skip[0].in_channels == model.backbone.stage_channels[2]
+    assert model.levels[1].skip_reduce[0].in_channels == model.backbone.stage_channels[0]
+    assert model.levels[2].skip_reduce[0].in_channels == model.backbone.stage_channels[2]
 
 
 @pytest.mark.parametrize("disabled", [False, []])
 def test_skips_can_be_disabled(disabled):
     model = build_model("lip", "light", "psp", skips=disabled)
     assert model.skips == [None, None, None]
-    assert all(module.skip is None for module in model.levels[1:])
+    assert all(module.skip_reduce is None and module.takes_scores for module in model.levels[1:])
     assert [tuple(o.shape[-2:]) for o in model(torch.randn(1, 3, 64, 64))] == [(8, 8)] * 3
 
 
 def test_skip_per_level_may_be_none():
     model = build_model("lip", "light", "fcn", skips=[None, "layer1"])
-    assert model.levels[1].skip is None and model.levels[2].skip is not None
+    assert model.levels[1].skip_reduce is None and model.levels[2].skip_reduce is not None
 
 
 @pytest.mark.parametrize("skips,message", [
@@ -253,9 +262,74 @@ def test_bad_skips(skips, message):
         build_model("lip", "light", "fcn", skips=skips)
 
 
-def test_flat_model_rejects_skip_list():
-    with pytest.raises(ValueError, match="needs a stacked model"):
+def test_flat_model_takes_one_skip_for_its_only_module():
+    with pytest.raises(ValueError, match=r"one entry per module of the flat model \(1\)"):
         build_model("lip", "light", "fcn", stacked=False, skips=["layer2", "layer1"])
+    with pytest.raises(ValueError, match="skip of level 2: unknown stage 'layer4'"):
+        build_model("lip", "light", "fcn", stacked=False, skips=["layer4"])
+    assert build_model("lip", "light", "fcn", stacked=False, skips=False).skips == [None]
+
+
+# --------------------------------------------------------------------------- stacked contains flat
+def copy_flat_weights(flat, stacked) -> None:
+    """Load the flat model's backbone, head and classifier into the stacked model's shared parts and
+    its finest module's classifier."""
+    state = {key: value for key, value in flat.state_dict().items() if not key.startswith("levels.")}
+    state.update({f"levels.{len(stacked.levels) - 1}.{key[len('levels.0.'):]}": value
+                  for key, value in flat.state_dict().items() if key.startswith("levels.0.classifier")})
+    missing = stacked.load_state_dict(state, strict=False).missing_keys
+    assert not any(key.startswith(("backbone.", "head.")) or ".classifier." in key and key.startswith("levels.2")
+                   for key in missing)
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+@pytest.mark.parametrize("skips", [None, False])
+def test_untrained_stacked_model_predicts_what_the_flat_model_does(head, skips):
+    """Stacked is a superset of flat: with the flat model's weights in the shared parts and the
+    finest classifier, the refinements (zero at the start) add nothing."""
+    torch.manual_seed(0)
+    flat = build_model("lip", "light", head, stacked=False).eval()
+    stacked = build_model("lip", "light", head, skips=skips).eval()
+    copy_flat_weights(flat, stacked)
+    images = torch.randn(2, 3, 64, 64)
+    fine = stacked(images)[-1]
+    expected = resize(flat(images)[0], fine.shape[-2:])
+    torch.testing.assert_close(fine, expected, rtol=0, atol=1e-6)
+    # and once the refinement has weights, it does change the prediction
+    torch.nn.init.normal_(stacked.levels[-1].refine[-1].weight)
+    assert not torch.allclose(stacked(images)[-1], expected, atol=1e-3)
+
+
+def test_flat_with_skip_is_the_decoder_without_the_stack():
+    model = build_model("lip", "light", "psp", stacked=False, skips=["layer1"])
+    assert model.skips == ["layer1"]
+    module = model.levels[0]
+    assert module.takes_skip and not module.takes_scores
+    assert module.refine[0][0].in_channels == 64 + 32  # context reduced to the width, skip to half
+    (fine,) = model(torch.randn(1, 3, 64, 64))
+    assert tuple(fine.shape) == (1, 20, 16, 16)
+    info = describe_model(model, 64)
+    assert info["modules"][0]["inputs"]["scores"] is None
+    assert info["modules"][0]["inputs"]["skip"]["stage"] == "layer1"
+
+
+@pytest.mark.parametrize("width", [8, 48])
+def test_module_width_sets_every_refinement(width):
+    model = build_model("lip", "light", "fcn", module_width=width)
+    assert model.module_width == width
+    for module, previous in zip(model.levels[1:], model.num_classes):
+        skip = width // 2 if module.takes_skip else 0
+        assert module.context_reduce[0].out_channels == width
+        assert module.refine[0][0].in_channels == width + previous + skip
+        assert module.refine[-1].in_channels == width
+    assert model.levels[0].refine is None
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [2, 5, 20]
+
+
+@pytest.mark.parametrize("width", [0, 1, 2.5, True, "64"])
+def test_bad_module_width(width):
+    with pytest.raises(ValueError, match=f"module_width must be an integer of at least 2, got {width!r}"):
+        build_model("lip", "light", "fcn", module_width=width)
 
 
 # --------------------------------------------------------------------------- summary

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-VARIANTS = ["flat", "stacked_no_skips", "stacked", "stacked_fine_weighted"]
+VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted"]
+FLAT = ("flat", "flat_skip")
 
 
 def test_quick_study_writes_table_json_and_plot(tmp_path):
@@ -22,21 +23,57 @@ def test_quick_study_writes_table_json_and_plot(tmp_path):
     assert len(report["runs"]) == len(VARIANTS) and report["seeds"] == [0]
     for key, entry in report["summary"].items():
         assert entry["parameters"] > 0 and entry["seconds_per_iteration"]["mean"] > 0
-        assert set(entry["decode"]) == ({"independent"} if key == "flat" else {"independent", "consistent"})
+        assert set(entry["decode"]) == ({"independent"} if key in FLAT else {"independent", "consistent"})
         fine = entry["decode"]["independent"]["fine_miou"]
         assert 0 <= fine["mean"] <= 1 and len(fine["seeds"]) == 1
         assert set(entry["decode"]["independent"]["merged_miou"]) == {"person", "region", "part"}
     assert report["summary"]["flat"]["decode"]["independent"]["consistency"]["mean"] is None  # NaN -> null
     assert report["summary"]["stacked"]["decode"]["consistent"]["consistency"]["mean"] == 1.0
-    assert report["summary"]["flat"]["parameters"] < report["summary"]["stacked"]["parameters"]
+    parameters = {key: entry["parameters"] for key, entry in report["summary"].items()}
+    assert parameters["flat"] < parameters["flat_skip"] < parameters["stacked"]
+    assert report["complete"] and report["planned_runs"] == len(VARIANTS)
 
     table = (tmp_path / "study.md").read_text()
     assert "python benchmarks/study.py --quick" in table
     labels = [entry["label"] for entry in report["summary"].values()]
     rows = [line for line in table.splitlines()
             if line.startswith("| ") and not line.startswith(("| variant", "| ---"))]
-    assert [row.split(" | ")[0][2:] for row in rows[:4]] == labels
-    assert len(rows) == 4 + 2 * 3  # results, then independent and consistent per stacked variant
+    assert [row.split(" | ")[0][2:] for row in rows[:5]] == labels
+    assert len(rows) == 5 + 2 * 3  # results, then independent and consistent per stacked variant
+    assert "complete" in table.splitlines()[0]
 
     assert (tmp_path / "study.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (tmp_path / "runs" / "stacked" / "seed0" / "last.pt").is_file()
+
+
+def test_quick_study_resumes_run_by_run(tmp_path):
+    """A finished (variant, seed) is skipped when the command runs again; a missing one is trained,
+    and the tables say how many runs they hold until all are there."""
+    command = [sys.executable, str(REPOSITORY / "benchmarks" / "study.py"), "--quick", "--out", str(tmp_path)]
+    assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0
+    first = json.loads((tmp_path / "study.json").read_text())
+    (tmp_path / "study_runs" / "flat_skip_seed0.json").unlink()
+    rerun = subprocess.run([*command, "--seeds", "2"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    skipped = [line for line in rerun.stdout.splitlines() if line.endswith("skipped")]
+    assert len(skipped) == len(VARIANTS) - 1 and "flat_skip" not in " ".join(skipped)
+    report = json.loads((tmp_path / "study.json").read_text())
+    assert report["complete"] and len(report["runs"]) == 2 * len(VARIANTS)
+    seed0 = {run["variant"]: run for run in report["runs"] if run["seed"] == 0}
+    for run in first["runs"]:  # kept as they were (the flat_skip run trained again, deterministically)
+        assert seed0[run["variant"]]["decode"] == run["decode"]
+
+
+def test_partial_study_is_labelled(tmp_path):
+    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
+    try:
+        import study
+    finally:
+        sys.path.pop(0)
+    command = [sys.executable, str(REPOSITORY / "benchmarks" / "study.py"), "--quick", "--out", str(tmp_path)]
+    assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0
+    runs = json.loads((tmp_path / "study.json").read_text())["runs"][:2]
+    args = study.parse_args(["--quick", "--out", str(tmp_path)])
+    partial = study.report_of(runs, args, study.QUICK_SETTINGS, "python benchmarks/study.py --quick")
+    assert not partial["complete"] and list(partial["summary"]) == VARIANTS[:2]
+    assert "PARTIAL: 2 of 5 runs so far" in study.markdown(partial)

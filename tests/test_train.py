@@ -14,7 +14,8 @@ from hierparse.cli import main
 from hierparse.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from hierparse.engine.sampling import EpochSampler, SeededSamples
 from hierparse.data import DATASETS, build_dataset
-from hierparse.train import PolyWarmup, Trainer
+from hierparse import config as configuration
+from hierparse.train import PolyWarmup, Trainer, resolve_amp, train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "8",
@@ -44,7 +45,7 @@ def test_a_short_run_writes_every_artefact(tmp_path, capsys):
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["iteration"] == 6
     assert checkpoint["model_config"] == {"backbone": "light", "head": "psp", "stacked": True, "skips": None,
-                                          "output_stride": 8}
+                                          "output_stride": 8, "module_width": 64}
     assert {"optimizer", "scheduler", "scaler", "rng", "config", "metrics"} <= set(checkpoint)
     model, hierarchy, _ = model_from_checkpoint(run / "last.pt")  # self-describing: nothing else needed
     assert hierarchy == load_hierarchy("lip") and len(model(torch.zeros(1, 3, 32, 32))) == 3
@@ -151,6 +152,9 @@ class EmptyDataset(torch.utils.data.Dataset):
     (["amp", "fp16", "device", "cpu"], "amp fp16 needs a GPU"),
     (["backbone", "resnet7"], "unknown backbone 'resnet7'"),
     (["level_weights", "[1, 2]"], "got 2 level weights for the 3 levels"),
+    (["stacked", "false", "skips", "[layer2, layer1]"], "skips needs one entry per module of the flat model (1)"),
+    (["module_width", "1"], "config key 'module_width' must be at least 2, got 1"),
+    (["train_scale", "[2, 1]"], "config key 'train_scale' must be [low, high] with 0 < low <= high"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch, extra, message):
     (tmp_path / "empty" / "val_images").mkdir(parents=True)
@@ -222,3 +226,92 @@ def test_an_invalid_hierarchy_prints_one_line_per_problem(tmp_path, capsys):
     assert len(lines) == 2 and all(line.startswith(f"hierparse: error: {bad}: ") for line in lines)
     assert "a1" in lines[0] and "300" in lines[1]
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- speed options
+def trained(tmp_path, name: str, *extra: str) -> Trainer:
+    return run_training(configuration.resolve(None, [*TINY, "max_iters", "3", "eval_interval", "3",
+                                                     "out", str(tmp_path / name), *extra]))
+
+
+def final_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+
+
+FLOAT32 = ["amp", "null", "channels_last", "false"]
+
+
+@pytest.mark.parametrize("options", [["amp", "bf16", "channels_last", "false"], ["amp", "null", "channels_last", "true"],
+                                     ["amp", "bf16", "channels_last", "true"]], ids=" ".join)
+def test_speed_options_train_and_repeat_bit_for_bit(tmp_path, options, capsys):
+    """bfloat16 autocast and channels_last on the CPU: they train, they are what the run uses, and
+    two runs with the same seed end with the same bits (determinism holds, as in float32)."""
+    first, second = trained(tmp_path, "a", *options), trained(tmp_path, "b", *options)
+    assert "iter 3/3" in capsys.readouterr().out
+    conv = first.model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == ("true" in options)
+    assert first.amp == ("bf16" if "bf16" in options else None)
+    a, b = final_weights(first), final_weights(second)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    if "bf16" in options:  # and bfloat16 changed the computation: not the float32 result
+        plain = final_weights(trained(tmp_path, "plain", *FLOAT32))
+        assert not all(torch.equal(a[name], plain[name]) for name in a)
+
+
+def test_resume_in_another_precision_says_so(tmp_path, capsys):
+    trained(tmp_path, "run", "amp", "bf16")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["amp"] == "bf16"
+    assert train(tmp_path / "run", "--resume", "max_iters", "4", *FLOAT32) == 0
+    assert "note: iterations 1-3 ran in bf16, the rest run in float32 (amp null on this device)" in \
+        capsys.readouterr().out
+
+
+def test_bf16_autocast_runs_the_model_in_bfloat16(tmp_path):
+    trainer = Trainer(configuration.resolve(None, [*TINY, "out", str(tmp_path / "run"), "amp", "bf16"]))
+    dtypes = set()
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    losses = trainer.train_step(next(iter(trainer.train_loader)))
+    trainer.close()
+    assert dtypes == {torch.bfloat16} and losses.dtype == torch.float32  # the loss stays float32
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, None)])
+def test_amp_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_amp("auto", torch.device("cpu")) == expected
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"  # asked for by name: always
+    assert resolve_amp(None, torch.device("cpu")) is None
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path):
+    """``compile: true``: the same losses as eager (float32 rounding), and the checkpoint holds the
+    plain model's parameter names, so evaluate/predict load it without compiling."""
+    eager = trained(tmp_path, "eager", *FLOAT32)
+    compiled = trained(tmp_path, "compiled", "compile", "true", *FLOAT32)
+    losses = [[r["loss"] for r in t.history if r["type"] == "train"] for t in (eager, compiled)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert compiled.network is not compiled.model
+    model, _, _ = model_from_checkpoint(tmp_path / "compiled" / "last.pt")
+    assert model.state_dict().keys() == eager.model.state_dict().keys()
+
+
+@pytest.mark.parametrize("extra", [["stacked", "false", "skips", "[layer1]"], ["module_width", "16"]],
+                         ids=" ".join)
+def test_model_options_reach_the_checkpoint(tmp_path, extra):
+    trainer = trained(tmp_path, "run", *extra)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    model, _, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert model.skips == trainer.model.skips and model.module_width == trainer.model.module_width
+    assert checkpoint["model_config"]["module_width"] == trainer.config["module_width"]
+
+
+def test_checkpoint_of_the_older_format_is_a_clear_error(tmp_path, capsys):
+    torch.save({"format": "hierparse-checkpoint-v1"}, tmp_path / "old.pt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "old.pt")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hierparse: error: checkpoint ") and "older format" in error and "\n" not in error

@@ -4,7 +4,8 @@ A checkpoint is a dict saved with ``torch.save`` (atomically, see :mod:`hierpars
 loaded with ``weights_only=True``: no code runs on load. Keys: ``format``, ``hierarchy_yaml``,
 ``model_config`` (the arguments of :func:`hierparse.build_model`), ``config`` (the whole training
 config), ``iteration``, ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (one entry per
-process), ``best_miou``, ``metrics`` (the last evaluation).
+process), ``best_miou``, ``metrics`` (the last evaluation), ``amp`` (the autocast mode the run used:
+``amp: auto`` resolved on its device).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 from hierparse.hierarchy import Hierarchy, hierarchy_from_yaml, load_hierarchy
 from hierparse.models import StackedParser, build_model
 
-FORMAT = "hierparse-checkpoint-v1"
-MODEL_KEYS = ("backbone", "head", "stacked", "skips", "output_stride")
+FORMAT = "hierparse-checkpoint-v2"
+# Format tags of checkpoints this version cannot load, and why.
+OUTDATED_FORMATS = {"hierparse-checkpoint-v1": "its modules predate the residual refinement modules (retrain it)"}
+MODEL_KEYS = ("backbone", "head", "stacked", "skips", "output_stride", "module_width")
 
 
 def model_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +38,7 @@ def build_from_config(hierarchy: Hierarchy, model_cfg: dict[str, Any], pretraine
     skips = model_cfg["skips"]
     return build_model(hierarchy, model_cfg["backbone"], model_cfg["head"], stacked=model_cfg["stacked"],
                        pretrained=pretrained, output_stride=model_cfg["output_stride"],
-                       skips=False if skips == [] else skips)
+                       skips=False if skips == [] else skips, module_width=model_cfg["module_width"])
 
 
 def capture_rng() -> dict[str, Any]:
@@ -76,6 +79,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") in OUTDATED_FORMATS:
+        raise ValueError(f"checkpoint {path} has the older format {checkpoint['format']!r}: "
+                         f"{OUTDATED_FORMATS[checkpoint['format']]}")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path} is not a hierparse checkpoint (no '{FORMAT}' format tag)")
     return checkpoint

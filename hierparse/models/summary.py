@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hierparse.models.backbones import STAGE_NAMES
-from hierparse.models.stacked import RefineModule, StackedParser
+from hierparse.models.stacked import StackedParser
 
 
 def part_of(name: str) -> str:
@@ -75,10 +75,10 @@ def describe_model(model: StackedParser, input_size: int | tuple[int, int] = 473
             zip(model.levels, model.level_names, model.num_classes, model.skips)):
         args, output = captured[f"module {k + 1}"]
         inputs: dict = {"context": shape_entry(args[0]), "scores": None, "skip": None}
-        if isinstance(module, RefineModule):
+        if module.takes_scores:
             inputs["scores"] = {"from_module": k, **shape_entry(args[1])}
-            if skip is not None:
-                inputs["skip"] = {"stage": skip, **shape_entry(args[2])}
+        if skip is not None:
+            inputs["skip"] = {"stage": skip, **shape_entry(args[2])}
         level_index = model.hierarchy.level_names.index(level_name)
         levels.append({
             "module": k + 1, "level": level_name, "num_classes": classes,
@@ -92,6 +92,7 @@ def describe_model(model: StackedParser, input_size: int | tuple[int, int] = 473
         "backbone": model.backbone_name,
         "head": model.head_name,
         "output_stride": model.output_stride,
+        "module_width": model.module_width,
         "input_size": [height, width],
         "stages": stage_list,
         "context": shape_entry(captured["head"][1]),
@@ -115,7 +116,7 @@ def format_model(info: dict) -> str:
         "encoder stages: " + ", ".join(f"{s['name']} {_shape(s)} (stride {s['stride']})"
                                        for s in info["stages"]),
         f"head {info['head']}: layer4 -> context {_shape(info['context'])}",
-        "", "modules (coarse -> fine):",
+        "", f"modules (coarse -> fine; refinement width {info['module_width']}):",
     ]
     for module in info["modules"]:
         inputs = module["inputs"]
