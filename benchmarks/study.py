@@ -332,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = writable_dir(out / "study_runs")
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
     command = shlex.join(["python", "benchmarks/study.py", *(str(t) for t in (sys.argv[1:] if argv is None else argv))])
+    info = machine()  # the commit this process imported, before any training
     runs = []
     for seed in range(args.seeds):
         for variant in VARIANTS:
@@ -342,7 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"=== {variant.label}, seed {seed}: done before ({path.name}), skipped", flush=True)
             else:
                 print(f"=== {variant.label}, seed {seed}", flush=True)
-                info = machine()  # before training: the commit that the run uses
                 record = {**run_one(variant, seed, settings, runs_dir), "machine": info}
                 write_text(path, to_json(record, indent=1) + "\n")
                 print(f"=== {variant.label}, seed {seed}: fine mIoU "

@@ -15,21 +15,22 @@ import time
 import torch
 
 from hierparse import config as configuration
-from hierparse.train import Trainer, native_bf16
+from hierparse.train import Trainer, cpu_threads, native_bf16
 
 MODES = {
-    "float32": [],
-    "channels_last": ["channels_last", "true"],
-    "bf16": ["amp", "bf16"],
+    "float32": ["amp", "null", "channels_last", "false"],
+    "channels_last": ["amp", "null", "channels_last", "true"],
+    "bf16": ["amp", "bf16", "channels_last", "false"],
     "bf16 + channels_last": ["amp", "bf16", "channels_last", "true"],
-    "compile": ["compile", "true"],
+    "compile": ["compile", "true", "amp", "null", "channels_last", "false"],
     "compile + bf16 + channels_last": ["compile", "true", "amp", "bf16", "channels_last", "true"],
 }
 ROUNDS = 12
 
 
 def test_training_throughput_per_mode(benchmark, tmp_path):
-    threads = torch.get_num_threads()
+    # the default run's threads: the cores left after its one data-loading worker
+    threads = cpu_threads({**configuration.DEFAULTS, "workers": 1})
     trainers = {}
     for mode, options in MODES.items():
         config = configuration.resolve(None, ["workers", "0", "threads", str(threads), "synthetic_val_images", "16",
