@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from hierparse.losses import OHEM
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
 
 # The no-argument run: the light stacked PSP model on synthetic LIP-like people, 6.5 minutes measured on
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "level_weights": None,            # one weight per level; null: all 1
     "class_weights": None,            # per level: a list of per-class weights or null
     "label_smoothing": 0.0,
+    "ohem": None,                     # hard-pixel mining per level: {threshold: 0.7, min_kept: 100000}; null: off
     # solver
     "optimizer": "adamw",             # adamw or sgd (momentum)
     "lr": 0.004,
@@ -72,9 +74,10 @@ DEFAULTS: dict[str, Any] = {
 # Keys that may be null, and the type they have otherwise (the others have their default's type).
 NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
-    "class_weights": list, "amp": str, "threads": int,
+    "class_weights": list, "amp": str, "threads": int, "ohem": dict,
 }
-TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+              dict: "a mapping"}
 CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "amp": (None, "bf16", "fp16", "auto"),
@@ -122,6 +125,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
             or not 0 < scale[0] <= scale[1]):
         raise ValueError(f"config key 'train_scale' must be [low, high] with 0 < low <= high, got {scale!r}")
+    OHEM.from_config(config["ohem"])
     if config["module_width"] < 2:
         raise ValueError(f"config key 'module_width' must be at least 2, got {config['module_width']!r}")
     if config["eval_size"] is not None and config["eval_size"] < 16:

@@ -1,8 +1,10 @@
-"""The training objective of a stacked parser: every level's cross-entropy from one fused op."""
+"""The training objective of a stacked parser: every level's cross-entropy from one fused op,
+optionally on the hard pixels only (OHEM)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,44 @@ from hierparse import ops
 from hierparse.hierarchy import Hierarchy, load_hierarchy
 
 
+@dataclass(frozen=True)
+class OHEM:
+    """Online hard example mining of pixels, as mmsegmentation's ``OHEMPixelSampler``.
+
+    Per level, a valid pixel is kept when the softmax probability of its target class is below
+    ``max(threshold, p_k)``, where ``p_k`` is the ``k``-th smallest target probability of the batch
+    and ``k = min_kept * batch size`` (so at least ``k`` pixels are kept when there are that many).
+    The probabilities are the plain softmax, whatever the class weights or label smoothing.
+    """
+
+    threshold: float = 0.7
+    min_kept: int = 100_000
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any] | None) -> "OHEM | None":
+        """``{threshold: 0.7, min_kept: 100000}`` (either key may be left out) or None; one-line errors."""
+        if options is None:
+            return None
+        if not isinstance(options, dict) or set(options) - {"threshold", "min_kept"}:
+            raise ValueError(f"ohem must be null or a mapping with threshold and min_kept, got {options!r}")
+        ohem = cls(**options)
+        threshold, kept = ohem.threshold, ohem.min_kept
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"ohem threshold must be a probability in (0, 1], got {threshold!r}")
+        if isinstance(kept, bool) or not isinstance(kept, int) or kept < 0:
+            raise ValueError(f"ohem min_kept must be a whole number >= 0, got {kept!r}")
+        return ohem
+
+    def kept(self, target_probability: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Boolean mask ``[N, H, W]`` of the pixels to train on, from one level's target probabilities."""
+        valid_probability = target_probability[valid]
+        if valid_probability.numel() == 0:
+            return valid
+        position = min(self.min_kept * target_probability.shape[0], valid_probability.numel() - 1)
+        floor = valid_probability.kthvalue(position + 1).values  # the (position)-th of the sorted, from 0
+        return valid & (target_probability < torch.clamp(floor, min=self.threshold))
+
+
 class HierarchicalLoss(nn.Module):
     """Per-level softmax cross-entropy of a stacked model's logits against raw uint8 labels.
 
@@ -19,6 +59,8 @@ class HierarchicalLoss(nn.Module):
     ``hierparse.ops.multilevel_cross_entropy`` with the hierarchy's label table. ``forward``
     returns the per-level losses ``[L]`` (level weights applied); the objective is their sum.
     A flat model (one output for the finest level) is scored on the finest level only.
+    ``ohem``: train every level on its hard pixels only (:class:`OHEM`); each level's loss is then
+    the mean over the pixels it keeps.
     """
 
     def __init__(
@@ -28,8 +70,10 @@ class HierarchicalLoss(nn.Module):
         level_weights: Sequence[float] | None = None,
         class_weights: Sequence[torch.Tensor | Sequence[float] | None] | None = None,
         label_smoothing: float = 0.0,
+        ohem: OHEM | None = None,
     ):
         super().__init__()
+        self.ohem = ohem
         self.hierarchy = load_hierarchy(hierarchy)
         levels = self.hierarchy.num_levels
         if level_weights is not None and len(level_weights) != levels:
@@ -68,10 +112,8 @@ class HierarchicalLoss(nn.Module):
             x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             for x in logits
         ]
-        return ops.multilevel_cross_entropy(
-            upsampled,
-            labels,
-            self.table[chosen],
+        table = self.table[chosen]
+        options = dict(
             ignore_index=self.hierarchy.ignore_index,
             level_weights=None if self.level_weights is None else [self.level_weights[l] for l in chosen],
             class_weights=[getattr(self, self._class_weight_names[l]) for l in chosen]
@@ -79,3 +121,20 @@ class HierarchicalLoss(nn.Module):
             else None,
             label_smoothing=self.label_smoothing,
         )
+        if self.ohem is None:
+            return ops.multilevel_cross_entropy(upsampled, labels, table, **options)
+        return self._hard_pixel_losses(upsampled, labels, table, options)
+
+    def _hard_pixel_losses(self, logits: list[torch.Tensor], labels: torch.Tensor, table: torch.Tensor,
+                           options: dict[str, Any]) -> torch.Tensor:
+        """Per level: the mean per-pixel loss over the pixels :class:`OHEM` keeps (0 if none)."""
+        with torch.no_grad():  # target probabilities: the plain softmax, from the same fused op
+            nll = ops.multilevel_cross_entropy(logits, labels, table, ignore_index=options["ignore_index"],
+                                               reduction="none")
+            targets = table[:, labels.long()]
+            valid = targets != options["ignore_index"]
+            kept = torch.stack([self.ohem.kept(torch.exp(-nll[level]), valid[level])
+                                for level in range(len(logits))])
+        per_pixel = ops.multilevel_cross_entropy(logits, labels, table, reduction="none", **options)
+        counts = kept.flatten(1).sum(1).clamp(min=1)
+        return (per_pixel * kept).flatten(1).sum(1) / counts

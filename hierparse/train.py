@@ -40,7 +40,7 @@ from hierparse.engine.visualize import plot_curves
 from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
                                 save_sample_grid)
 from hierparse.hierarchy import load_hierarchy
-from hierparse.losses import HierarchicalLoss
+from hierparse.losses import OHEM, HierarchicalLoss
 from hierparse.metrics import format_metrics
 
 
@@ -217,7 +217,8 @@ class Trainer:
         self.level_names = self.model.level_names
         self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
                                      class_weights=config["class_weights"],
-                                     label_smoothing=config["label_smoothing"]).to(self.device)
+                                     label_smoothing=config["label_smoothing"],
+                                     ohem=OHEM.from_config(config["ohem"])).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],

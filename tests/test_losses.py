@@ -55,3 +55,78 @@ def test_bad_input():
         HierarchicalLoss("lip", class_weights=[None, [1, 1, 1, 1], None])
     with pytest.raises(ValueError, match="got 2 levels of logits; hierarchy 'lip' has 3"):
         HierarchicalLoss("lip")([torch.randn(1, 2, 4, 4)] * 2, torch.zeros(1, 4, 4, dtype=torch.uint8))
+
+
+# --------------------------------------------------------------------------- hard-pixel mining
+def ohem_reference(logits, labels, table, threshold, min_kept, class_weights=None):
+    """mmsegmentation's OHEMPixelSampler (softmax target probability, sort, threshold), then the mean
+    per-pixel cross-entropy over the kept pixels, level by level."""
+    out = []
+    for level, x in enumerate(logits):
+        x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        target = table[level][labels.long()]
+        valid = target != 255
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        probability = F.softmax(x.detach(), dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        ordered = probability[valid].sort().values
+        floor = ordered[min(min_kept * labels.shape[0], ordered.numel() - 1)] if ordered.numel() else 0.0
+        kept = valid & (probability < max(float(floor), threshold))
+        weight = None if class_weights is None else class_weights[level]
+        loss = F.cross_entropy(x, target, weight=weight, ignore_index=255, reduction="none")
+        out.append((loss * kept).sum() / kept.sum().clamp(min=1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("threshold, min_kept", [(0.7, 4), (0.05, 300), (1.0, 0), (0.3, 10_000)])
+def test_ohem_matches_the_sampler_and_its_gradients(threshold, min_kept):
+    from hierparse.losses import OHEM
+
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 20, (2, 24, 24), generator=g, dtype=torch.uint8)
+    labels[0, :5] = 255
+    logits = [(2 * torch.randn(2, c, 12, 12, generator=g)).requires_grad_() for c in h.num_classes]
+    weights = [None, torch.rand(5, generator=g) + 0.5, None]
+    loss = HierarchicalLoss(h, class_weights=weights, ohem=OHEM(threshold, min_kept))
+    got = loss(logits, labels)
+    want = ohem_reference(logits, labels, h.label_table(), threshold, min_kept, [None, weights[1], None])
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), logits), torch.autograd.grad(want.sum(), logits)):
+        torch.testing.assert_close(a, b)
+
+
+def test_ohem_keeps_at_least_min_kept_and_only_hard_pixels():
+    from hierparse.losses import OHEM
+
+    g = torch.Generator().manual_seed(2)
+    probability = torch.rand(2, 10, 10, generator=g)
+    valid = torch.rand(2, 10, 10, generator=g) > 0.2
+    assert int(OHEM(0.01, 30).kept(probability, valid).sum()) == 60  # 30 per image, distinct values
+    kept = OHEM(0.5, 0).kept(probability, valid)
+    assert torch.equal(kept, valid & (probability < 0.5))
+    assert not OHEM(0.5, 10).kept(probability, torch.zeros_like(valid)).any()  # nothing valid
+
+
+def test_ohem_level_without_valid_pixels_gives_zero():
+    from hierparse.losses import OHEM
+
+    h = hierparse.load_hierarchy("lip")
+    labels = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    logits = [torch.randn(1, c, 8, 8, requires_grad=True) for c in h.num_classes]
+    losses = HierarchicalLoss(h, ohem=OHEM())(logits, labels)
+    assert torch.equal(losses, torch.zeros(3))
+    assert all(not g.any() for g in torch.autograd.grad(losses.sum(), logits))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": 0}, "ohem threshold must be a probability in (0, 1], got 0"),
+    ({"min_kept": -1}, "ohem min_kept must be a whole number >= 0, got -1"),
+    ({"min_kept": True}, "ohem min_kept must be a whole number >= 0, got True"),
+    ({"keep": 3}, "ohem must be null or a mapping with threshold and min_kept"),
+])
+def test_ohem_bad_options(options, message):
+    from hierparse import config
+
+    with pytest.raises(ValueError) as error:
+        config.resolve(None, ["ohem", str(options)])
+    assert message in str(error.value)

@@ -1,6 +1,7 @@
 """Training: artefacts of a run, exact resume, NaN stop, torchrun with two processes, bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -315,3 +316,11 @@ def test_checkpoint_of_the_older_format_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "old.pt")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("hierparse: error: checkpoint ") and "older format" in error and "\n" not in error
+
+
+def test_training_with_hard_pixel_mining(tmp_path):
+    trainer = trained(tmp_path, "run", "ohem", "{threshold: 0.7, min_kept: 16}")
+    assert trainer.loss.ohem.threshold == 0.7 and trainer.loss.ohem.min_kept == 16
+    losses = [record["loss"] for record in trainer.history if record["type"] == "train"]
+    assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["ohem"] == {"threshold": 0.7, "min_kept": 16}
