@@ -112,6 +112,7 @@ def scores(result: dict[str, Any]) -> dict[str, Any]:
     """The study's numbers from ``ParsingMetrics.compute()``: mIoU of each module and merged from the finest."""
     return {
         "fine_miou": result["levels"][-1]["miou"],
+        "fine_iou": dict(zip(result["levels"][-1]["classes"], result["levels"][-1]["iou"])),
         "module_miou": {entry["name"]: entry["miou"] for entry in result["levels"]},
         "merged_miou": {entry["name"]: entry["miou"] for entry in result["merged"]},
         "consistency": result["consistency"],
@@ -180,16 +181,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "fine_miou_minus_flat": spread([run["decode"]["independent"]["fine_miou"] - flat[run["seed"]]
                                             for run in mine if run["seed"] in flat]),
             "decode": decodes,
+            "fine_iou": {name: spread([run["decode"]["independent"]["fine_iou"][name] for run in mine])
+                         for name in mine[0]["decode"]["independent"]["fine_iou"]},
         }
     return summary
 
 
-def percent(entry: dict[str, float] | None) -> str:
+def percent(entry: dict[str, float] | None, digits: int = 2) -> str:
     """``mean ± std`` in percent; ``-`` where there is no number (flat model's modules, consistency)."""
     if entry is None or math.isnan(entry["mean"]):
         return "-"
-    std = "" if math.isnan(entry["std"]) else f" ± {100 * entry['std']:.2f}"
-    return f"{100 * entry['mean']:.2f}{std}"
+    std = "" if math.isnan(entry["std"]) else f" ± {100 * entry['std']:.{digits}f}"
+    return f"{100 * entry['mean']:.{digits}f}{std}"
 
 
 def machine() -> dict[str, Any]:
@@ -256,6 +259,18 @@ def markdown(report: dict[str, Any]) -> str:
             coarse_cells = " | ".join(percent(scores_["module_miou"][name]) for name in coarse)
             lines.append(f"| {entry['label']} | {mode} | {percent(scores_['fine_miou'])} | {coarse_cells} | "
                          f"{percent(scores_['consistency'])} |")
+    classes = list(next(iter(summary.values()))["fine_iou"])
+    lines += [
+        "",
+        f"Per-class {fine} IoU in percent (independent decoding), mean over seeds:",
+        "",
+        f"| {fine} class | " + " | ".join(entry["label"] for entry in summary.values()) + " |",
+        "| --- | " + " | ".join("---:" for _ in summary) + " |",
+    ]
+    for name in classes:
+        cells = " | ".join(percent({"mean": entry["fine_iou"][name]["mean"], "std": math.nan}, digits=1)
+                           for entry in summary.values())
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +328,12 @@ def load_record(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def same_run(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a recorded run used the config asked for now; the run directory may have moved
+    (another clone), so ``out`` does not count."""
+    return {**recorded, "out": None} == {**wanted, "out": None}
+
+
 def report_of(runs: list[dict[str, Any]], args: argparse.Namespace, settings: dict[str, Any],
               command: str) -> dict[str, Any]:
     planned = args.seeds * len(VARIANTS)
@@ -339,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = record_path(records, variant, seed)
             record = load_record(path)
             config = configuration.resolve(None, run_tokens(variant, seed, settings, runs_dir))
-            if record is not None and record["config"] == config:
+            if record is not None and same_run(record["config"], config):
                 print(f"=== {variant.label}, seed {seed}: done before ({path.name}), skipped", flush=True)
             else:
                 print(f"=== {variant.label}, seed {seed}", flush=True)

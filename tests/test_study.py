@@ -39,7 +39,10 @@ def test_quick_study_writes_table_json_and_plot(tmp_path):
     rows = [line for line in table.splitlines()
             if line.startswith("| ") and not line.startswith(("| variant", "| ---"))]
     assert [row.split(" | ")[0][2:] for row in rows[:5]] == labels
-    assert len(rows) == 5 + 2 * 3  # results, then independent and consistent per stacked variant
+    rows = [row for row in rows if not row.startswith("| part class")]
+    # results, independent and consistent per stacked variant, then one row per part class
+    assert len(rows) == 5 + 2 * 3 + 20
+    assert rows[-1].startswith("| Right-shoe | ") and rows[-1].count("|") == 7
     assert "complete" in table.splitlines()[0]
 
     assert (tmp_path / "study.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -53,7 +56,9 @@ def test_quick_study_resumes_run_by_run(tmp_path):
     assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0
     first = json.loads((tmp_path / "study.json").read_text())
     (tmp_path / "study_runs" / "flat_skip_seed0.json").unlink()
-    rerun = subprocess.run([*command, "--seeds", "2"], capture_output=True, text=True, timeout=300)
+    # from another run folder (as in another clone): the records still count
+    rerun = subprocess.run([*command, "--seeds", "2", "--runs", str(tmp_path / "moved")], capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     skipped = [line for line in rerun.stdout.splitlines() if line.endswith("skipped")]
     assert len(skipped) == len(VARIANTS) - 1 and "flat_skip" not in " ".join(skipped)
