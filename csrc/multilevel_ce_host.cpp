@@ -13,38 +13,32 @@ std::string sizes_str(const at::Tensor& t) {
 
 }  // namespace
 
-void check_label_range(int64_t min_label, int64_t max_label, int64_t K) {
-  TORCH_CHECK_VALUE(min_label >= 0, "multilevel_cross_entropy: labels contain raw id ", min_label,
-                    " but the table covers 0..", K - 1);
-  TORCH_CHECK_VALUE(max_label < K, "multilevel_cross_entropy: labels contain raw id ", max_label,
-                    " but the table covers 0..", K - 1);
+void check_label_range(int64_t min_label, int64_t max_label, int64_t K, const char* op) {
+  TORCH_CHECK_VALUE(min_label >= 0, op, ": labels contain raw id ", min_label, " but the table covers 0..", K - 1);
+  TORCH_CHECK_VALUE(max_label < K, op, ": labels contain raw id ", max_label, " but the table covers 0..", K - 1);
 }
 
-Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
-                        const c10::optional<at::Tensor>& class_weights,
-                        at::ArrayRef<double> level_weights, double label_smoothing,
-                        int64_t ignore_index, int64_t reduction) {
+Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction) {
   const int64_t L = static_cast<int64_t>(logits.size());
-  TORCH_CHECK_VALUE(L >= 1, "multilevel_cross_entropy: expected at least one level of logits");
+  TORCH_CHECK_VALUE(L >= 1, op, ": expected at least one level of logits");
   TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
-                    "multilevel_cross_entropy: reduction code ", reduction, " is not 0 (none), 1 (mean) or 2 (sum)");
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-                    "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
+                    op, ": reduction code ", reduction, " is not 0 (none), 1 (mean) or 2 (sum)");
   const at::ScalarType label_type = labels.scalar_type();
   TORCH_CHECK_VALUE(label_type == at::kByte || label_type == at::kChar || label_type == at::kShort ||
                         label_type == at::kInt || label_type == at::kLong,
-                    "multilevel_cross_entropy: labels must be an integer tensor of raw ids (uint8, int8, int16, "
+                    op, ": labels must be an integer tensor of raw ids (uint8, int8, int16, "
                     "int32 or int64), got ", label_type);
-  TORCH_CHECK_VALUE(labels.dim() == 3, "multilevel_cross_entropy: labels must be [N, H, W], got ",
+  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must be [N, H, W], got ",
                     sizes_str(labels));
   TORCH_CHECK_VALUE(table.dim() == 2 && table.size(0) == L,
-                    "multilevel_cross_entropy: table must be [L, K] with L = ", L,
+                    op, ": table must be [L, K] with L = ", L,
                     " levels of logits, got ", sizes_str(table));
-  TORCH_CHECK_VALUE(table.size(1) >= 1, "multilevel_cross_entropy: the table covers no raw id");
+  TORCH_CHECK_VALUE(table.size(1) >= 1, op, ": the table covers no raw id");
   TORCH_CHECK_VALUE(!at::isFloatingType(table.scalar_type()) && table.scalar_type() != at::kBool,
-                    "multilevel_cross_entropy: table must be an integer tensor, got ", table.scalar_type());
+                    op, ": table must be an integer tensor, got ", table.scalar_type());
   TORCH_CHECK_VALUE(static_cast<int64_t>(level_weights.size()) == L,
-                    "multilevel_cross_entropy: got ", level_weights.size(), " level weights for ", L, " levels");
+                    op, ": got ", level_weights.size(), " level weights for ", L, " levels");
 
   const at::Device device = logits[0].device();
   const at::ScalarType dtype = logits[0].scalar_type();
@@ -54,31 +48,30 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
   plan.W = labels.size(2);
   plan.K = table.size(1);
   plan.reduction = static_cast<Reduction>(reduction);
-  plan.label_smoothing = label_smoothing;
   plan.loss_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
 
-  TORCH_CHECK_VALUE(labels.device() == device, "multilevel_cross_entropy: labels are on ", labels.device(),
+  TORCH_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(),
                     " but level 0 logits are on ", device);
-  TORCH_CHECK_VALUE(table.device() == device, "multilevel_cross_entropy: table is on ", table.device(),
+  TORCH_CHECK_VALUE(table.device() == device, op, ": table is on ", table.device(),
                     " but level 0 logits are on ", device);
-  int64_t total_classes = 0;
+  int64_t offset = 0;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& x = logits[l];
-    TORCH_CHECK_VALUE(x.device() == device, "multilevel_cross_entropy: level ", l, " logits are on ",
+    TORCH_CHECK_VALUE(x.device() == device, op, ": level ", l, " logits are on ",
                       x.device(), " but level 0 logits are on ", device);
-    TORCH_CHECK_VALUE(x.scalar_type() == dtype, "multilevel_cross_entropy: level ", l, " logits are ",
+    TORCH_CHECK_VALUE(x.scalar_type() == dtype, op, ": level ", l, " logits are ",
                       x.scalar_type(), " but level 0 logits are ", dtype);
     TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-                      "multilevel_cross_entropy: logits must be float32, float64, float16 or bfloat16, got ", dtype);
+                      op, ": logits must be float32, float64, float16 or bfloat16, got ", dtype);
     TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == plan.N && x.size(2) == plan.H && x.size(3) == plan.W,
-                      "multilevel_cross_entropy: level ", l, " logits are ", sizes_str(x),
+                      op, ": level ", l, " logits are ", sizes_str(x),
                       " but labels are ", sizes_str(labels), " (expected [N, C, H, W] with the labels' N, H, W)");
-    TORCH_CHECK_VALUE(x.size(1) >= 1, "multilevel_cross_entropy: level ", l, " logits have no class");
+    TORCH_CHECK_VALUE(x.size(1) >= 1, op, ": level ", l, " logits have no class");
     LevelPlan level;
     level.num_classes = x.size(1);
-    level.weight_offset = total_classes;
+    level.weight_offset = offset;
     level.level_weight = level_weights[l];
-    total_classes += level.num_classes;
+    offset += level.num_classes;
     plan.levels.push_back(level);
   }
 
@@ -91,13 +84,26 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
     for (int64_t k = 0; k < plan.K; ++k) {
       const int64_t entry = t[l * plan.K + k];
       TORCH_CHECK_VALUE(entry == ignore_index || (entry >= 0 && entry < plan.levels[l].num_classes),
-                        "multilevel_cross_entropy: table maps raw id ", k, " to class ", entry, " at level ", l,
+                        op, ": table maps raw id ", k, " to class ", entry, " at level ", l,
                         ", but level ", l, " logits have ", plan.levels[l].num_classes,
                         " classes (0..", plan.levels[l].num_classes - 1, ") and ignore_index is ", ignore_index);
       out[l * plan.K + k] = entry == ignore_index ? -1 : static_cast<int32_t>(entry);
     }
   }
   plan.table = table_i32.to(device);
+  return plan;
+}
+
+Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+                        const c10::optional<at::Tensor>& class_weights,
+                        at::ArrayRef<double> level_weights, double label_smoothing,
+                        int64_t ignore_index, int64_t reduction) {
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                    "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
+  Plan plan = plan_levels("multilevel_cross_entropy", logits, labels, table, level_weights, ignore_index, reduction);
+  plan.label_smoothing = label_smoothing;
+  const at::Device device = logits[0].device();
+  const int64_t total_classes = plan.levels.back().weight_offset + plan.levels.back().num_classes;
 
   // Class weights, packed level after level.
   if (class_weights.has_value() && class_weights->defined()) {

@@ -1,5 +1,5 @@
-// Host-side part of the fused multi-level cross-entropy shared by the CPU and CUDA backends:
-// argument checks (all before any kernel runs), the int32 lookup table, per-level scales.
+// Host-side part of the fused multi-level ops shared by the CPU and CUDA backends: argument checks
+// (all before any kernel runs), the int32 lookup table, per-level scales, output tensors.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,7 @@ enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
 
 struct LevelPlan {
   int64_t num_classes = 0;
-  int64_t weight_offset = 0;  // start of this level's class weights in the packed weight tensor
+  int64_t weight_offset = 0;  // index of this level's first class when all levels' classes are packed
   double weight_sum = 0;      // W = sum of this level's class weights
   double level_weight = 1;
   double grad_scale = 0;      // multiplier of the per-pixel gradient
@@ -29,6 +29,11 @@ struct Plan {
   at::ScalarType loss_dtype = at::kFloat;  // float32, or float64 for float64 logits
 };
 
+// The checks and plan shared by the fused ops (op names the operator in messages): levels of logits
+// against labels and table, the reduction code, the int32 table; no class weights.
+Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
+                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction);
+
 // Validates every argument and prepares the table and weights; throws c10::Error with a message
 // naming the level and the offending values.
 Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
@@ -37,7 +42,8 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
                         int64_t ignore_index, int64_t reduction);
 
 // Raises unless every label id lies in 0..K-1.
-void check_label_range(int64_t min_label, int64_t max_label, int64_t K);
+void check_label_range(int64_t min_label, int64_t max_label, int64_t K,
+                       const char* op = "multilevel_cross_entropy");
 
 // Sets each level's gradient and loss scales from the label histogram (CPU int64 [K]): for "mean"
 // the divisor is the class-weight sum over valid pixels (a level without one gets scale 0).

@@ -18,4 +18,12 @@ TORCH_LIBRARY(hierparse, m) {
       "multilevel_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
       "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad) "
       "-> (Tensor, Tensor[])");
+  // HSSN's tree-min loss over the class tree whose nodes are the classes of all levels; `parents`
+  // holds the parent class of each class of levels 1..L-1, level after level. With compute_grad,
+  // also writes d(sum of grad_weights * losses)/d(logits) (grad_weights: ones when None, else
+  // shaped like the losses) in the same pass. reduction as above.
+  m.def(
+      "tree_min_loss(Tensor[] logits, Tensor labels, Tensor table, int[] parents, float[] level_weights, "
+      "float focal_gamma, int ignore_index, int reduction, bool compute_grad, Tensor? grad_weights=None) "
+      "-> (Tensor, Tensor[])");
 }

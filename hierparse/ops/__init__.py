@@ -1,4 +1,5 @@
-"""The fused multi-level cross-entropy, a PyTorch operator (``torch.ops.hierparse.*``).
+"""Fused multi-level losses, PyTorch operators (``torch.ops.hierparse.*``): the cross-entropy
+below and HSSN's tree-min loss (:func:`tree_min_loss`).
 
 For each level ``l`` with logits ``x_l [N, C_l, H, W]`` and raw labels ``r [N, H, W]``::
 
@@ -15,6 +16,11 @@ One deliberate difference from PyTorch: with ``reduction="mean"`` a level withou
 pixel gives loss 0 and gradient 0 instead of NaN. Results are bitwise deterministic for any thread
 count on one machine; CPUs with different instruction sets (see :func:`cpu_capability`) may
 differ in the last bits.
+
+The tree-min loss works the same way, except that a level's loss also reaches other levels'
+logits (through the min over ancestors and the max over descendants): its backward pass uses the
+forward's gradient only for an all-ones incoming gradient (``losses.sum()``) and otherwise runs the
+kernel again, weighted by the incoming gradient.
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ if not HAS_EXTENSION:
         stacklevel=2,
     )
 
-__all__ = ["HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "remap_labels", "reference"]
+__all__ = [
+    "HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "remap_labels", "reference", "tree_min_loss",
+]
 
 
 def cpu_capability() -> str:
@@ -136,47 +144,128 @@ def multilevel_cross_entropy(
     return losses
 
 
+def tree_min_loss(
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    table: torch.Tensor,
+    parents: Sequence[Sequence[int]],
+    *,
+    ignore_index: int = 255,
+    focal_gamma: float = 0.0,
+    level_weights: Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """HSSN's tree-min loss (Li et al., "Deep Hierarchical Semantic Segmentation", CVPR 2022).
+
+    The nodes of the class tree are the classes of all levels, ``parents[l-1][c]`` the parent (at
+    level ``l-1``) of class ``c`` of level ``l``; ``s_v = sigmoid(x_v)``. A pixel is valid when no
+    level ignores its raw id, and ``y_v = 1`` for the nodes ``(l, table[l, raw])`` of its label path::
+
+        y_v = 1:  -(1 - m_v)^gamma log(m_v),    m_v = min of s over v and its ancestors
+        y_v = 0:  -M_v^gamma log(1 - M_v),      M_v = max of s over v and its descendants
+
+    (gamma = ``focal_gamma``; the gradient goes to the node that gives the min or max). Level ``l``'s
+    loss is ``level_weights[l]`` times the sum of its nodes' terms over the valid pixels, divided by
+    their number for ``"mean"`` (0 without one); returns float32 ``[L]`` (float64 for float64
+    logits), or ``[L, N, H, W]`` for ``reduction="none"`` (0 at invalid pixels).
+    """
+    logits = list(logits)
+    if reduction not in _REDUCTION_CODES:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    weights = _level_weights(level_weights, len(logits))
+    if not HAS_EXTENSION:
+        return reference.tree_min_loss(
+            logits,
+            labels,
+            table,
+            parents,
+            ignore_index=ignore_index,
+            focal_gamma=focal_gamma,
+            level_weights=weights,
+            reduction=reduction,
+        )
+    reference.check_parents(parents, [x.shape[1] for x in logits])
+    compute_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
+    losses, _ = torch.ops.hierparse.tree_min_loss(
+        logits,
+        labels,
+        table,
+        [int(p) for entry in parents for p in entry],
+        weights,
+        float(focal_gamma),
+        int(ignore_index),
+        _REDUCTION_CODES[reduction],
+        compute_grad,
+    )
+    return losses
+
+
 if HAS_EXTENSION:
 
-    @torch.library.register_fake("hierparse::multilevel_cross_entropy")
-    def _multilevel_cross_entropy_fake(
-        logits, labels, table, class_weights, level_weights, label_smoothing, ignore_index, reduction,
-        compute_grad,
-    ):
+    def _fake_outputs(logits, labels, reduction, compute_grad):
         dtype = torch.float64 if logits[0].dtype == torch.float64 else torch.float32
         shape = (len(logits), *labels.shape) if reduction == _REDUCTION_CODES["none"] else (len(logits),)
         losses = logits[0].new_empty(shape, dtype=dtype)
         grads = [torch.empty_like(x) for x in logits] if compute_grad else []
         return losses, grads
 
-    def _setup_context(ctx, inputs, output):
-        ctx.reduction = inputs[7]
-        grads = output[1]
-        ctx.mark_non_differentiable(*grads)
-        ctx.set_materialize_grads(False)  # else autograd fills a logits-sized zero "gradient" per level
-        ctx.save_for_backward(*grads)
+    @torch.library.register_fake("hierparse::multilevel_cross_entropy")
+    def _multilevel_cross_entropy_fake(
+        logits, labels, table, class_weights, level_weights, label_smoothing, ignore_index, reduction,
+        compute_grad,
+    ):
+        return _fake_outputs(logits, labels, reduction, compute_grad)
+
+    @torch.library.register_fake("hierparse::tree_min_loss")
+    def _tree_min_loss_fake(
+        logits, labels, table, parents, level_weights, focal_gamma, ignore_index, reduction, compute_grad,
+        grad_weights=None,
+    ):
+        return _fake_outputs(logits, labels, reduction, compute_grad)
 
     def _is_one(grad: torch.Tensor) -> bool:
         """True when the incoming gradient is all ones; checked only on real CPU tensors, where it
         costs no device sync and no data-dependent branch in a traced graph."""
         return type(grad) is torch.Tensor and grad.device.type == "cpu" and bool(torch.all(grad == 1))
 
-    def _backward(ctx, grad_losses, _grad_grads):
-        grads = ctx.saved_tensors
-        if grad_losses is None:  # the losses were not used
-            return [None] * len(grads), None, None, None, None, None, None, None, None
-        if not grads:
-            raise RuntimeError(
-                "multilevel_cross_entropy was called with compute_grad=False; no gradient was kept"
-            )
-        if ctx.reduction == _REDUCTION_CODES["none"]:
-            logit_grads = [g * grad_losses[l].unsqueeze(1).to(g.dtype) for l, g in enumerate(grads)]
-        elif _is_one(grad_losses):
-            logit_grads = list(grads)
-        else:
-            logit_grads = [g * grad_losses[l].to(g.dtype) for l, g in enumerate(grads)]
-        return logit_grads, None, None, None, None, None, None, None, None
+    def _register_autograd(name: str, *, cross_level: bool) -> None:
+        """Autograd of a fused op whose forward pass wrote the gradients of its summed losses, already
+        scaled. Without cross_level each level's gradient is then multiplied by that level's incoming
+        gradient; with it (a level's loss reaches other levels' logits) an incoming gradient other
+        than ones runs the op again with it as grad_weights."""
+        op = getattr(torch.ops.hierparse, name)
 
-    torch.library.register_autograd(
-        "hierparse::multilevel_cross_entropy", _backward, setup_context=_setup_context
-    )
+        def setup_context(ctx, inputs, output):
+            ctx.reduction = inputs[7]
+            grads = output[1]
+            ctx.mark_non_differentiable(*grads)
+            ctx.set_materialize_grads(False)  # else autograd fills a logits-sized zero "gradient" per level
+            ctx.num_grads = len(grads)
+            if cross_level:
+                logits, labels, table, *ctx.options = inputs[:8]
+                ctx.save_for_backward(*grads, labels, table, *logits)
+            else:
+                ctx.save_for_backward(*grads)
+
+        def backward(ctx, grad_losses, _grad_grads):
+            grads = ctx.saved_tensors[:ctx.num_grads]
+            none = [None] * (len(ctx.needs_input_grad) - 1)  # the arguments the op was called with
+            if grad_losses is None:  # the losses were not used
+                return [None] * len(grads), *none
+            if not grads:
+                raise RuntimeError(f"{name} was called with compute_grad=False; no gradient was kept")
+            if ctx.reduction == _REDUCTION_CODES["none"] and not cross_level:
+                logit_grads = [g * grad_losses[l].unsqueeze(1).to(g.dtype) for l, g in enumerate(grads)]
+            elif _is_one(grad_losses):
+                logit_grads = list(grads)
+            elif cross_level:
+                labels, table, *logits = ctx.saved_tensors[ctx.num_grads:]
+                _, logit_grads = op(logits, labels, table, *ctx.options, True, grad_losses)
+            else:
+                logit_grads = [g * grad_losses[l].to(g.dtype) for l, g in enumerate(grads)]
+            return logit_grads, *none
+
+        torch.library.register_autograd(f"hierparse::{name}", backward, setup_context=setup_context)
+
+    _register_autograd("multilevel_cross_entropy", cross_level=False)
+    _register_autograd("tree_min_loss", cross_level=True)

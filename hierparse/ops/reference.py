@@ -69,3 +69,69 @@ def multilevel_cross_entropy(
         scale = 1.0 if level_weights is None else float(level_weights[level])
         losses.append(loss * scale)
     return torch.stack(losses)
+
+
+def check_parents(parents: Sequence[Sequence[int]], num_classes: Sequence[int]) -> None:
+    """Raise ValueError unless ``parents[l-1]`` gives a class of level ``l-1`` for each class of level ``l``."""
+    if len(parents) != len(num_classes) - 1:
+        raise ValueError(f"got {len(parents)} parents entries for {len(num_classes)} levels")
+    for level, entry in enumerate(parents, start=1):
+        if len(entry) != num_classes[level]:
+            raise ValueError(
+                f"parents entry for level {level} has {len(entry)} classes but level {level} logits have "
+                f"{num_classes[level]}"
+            )
+        for c, p in enumerate(entry):
+            if not 0 <= p < num_classes[level - 1]:
+                raise ValueError(
+                    f"class {c} of level {level} has parent {p}, but level {level - 1} has "
+                    f"{num_classes[level - 1]} classes"
+                )
+
+
+def tree_min_loss(
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    table: torch.Tensor,
+    parents: Sequence[Sequence[int]],
+    *,
+    ignore_index: int = 255,
+    focal_gamma: float = 0.0,
+    level_weights: Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """HSSN's tree-min loss by ancestor/descendant masks and masked min/max; same contract as the fused op."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if focal_gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
+    num_classes = [x.shape[1] for x in logits]
+    check_parents(parents, num_classes)
+    targets = remap_labels(labels, table)
+    valid = (targets != ignore_index).all(0)
+    out_dtype = torch.float64 if logits[0].dtype == torch.float64 else torch.float32
+    x = torch.cat([level.to(out_dtype) for level in logits], 1)  # [N, V, H, W], nodes level after level
+    offsets = [sum(num_classes[:level]) for level in range(len(logits))]
+    parent = [-1] * num_classes[0] + [offsets[l] + p for l, entry in enumerate(parents) for p in entry]
+    lineage = torch.eye(len(parent), dtype=torch.bool, device=x.device)  # [v, u]: u is v or an ancestor of v
+    for v, p in enumerate(parent):
+        if p >= 0:
+            lineage[v] |= lineage[p]
+    nodes = x.unsqueeze(1)  # [N, 1, V, H, W]
+    low = torch.where(lineage[None, :, :, None, None], nodes, torch.inf).amin(2)
+    high = torch.where(lineage.T[None, :, :, None, None], nodes, -torch.inf).amax(2)
+    on_path = torch.cat([
+        F.one_hot(torch.where(valid, targets[level], 0), c).permute(0, 3, 1, 2).bool()
+        for level, c in enumerate(num_classes)
+    ], 1)
+    positive = F.softplus(-low) * (1 - torch.sigmoid(low)) ** focal_gamma
+    negative = F.softplus(high) * torch.sigmoid(high) ** focal_gamma
+    terms = torch.where(valid.unsqueeze(1), torch.where(on_path, positive, negative), 0)
+    losses = torch.stack([terms[:, o:o + c].sum(1) for o, c in zip(offsets, num_classes)])  # [L, N, H, W]
+    if reduction != "none":
+        losses = losses.sum((1, 2, 3))
+    if reduction == "mean":
+        losses = losses / max(int(valid.sum()), 1)  # no valid pixel: 0 and a zero gradient
+    weights = torch.tensor([1.0] * len(logits) if level_weights is None else list(level_weights), dtype=out_dtype,
+                           device=x.device)
+    return losses * weights.view(-1, *[1] * (losses.dim() - 1))

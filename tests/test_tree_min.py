@@ -1,0 +1,243 @@
+"""The fused tree-min loss (HSSN) against its pure-PyTorch reference and a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hierparse
+from hierparse import ops
+
+pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
+
+IGNORE = 255
+TOLERANCE = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-6)}  # (relative, absolute gradient)
+# A hand-made 3-level tree: 2 -> 3 -> 5 classes, raw ids 0..4 are the level-2 classes; raw id 5 is
+# ignored at level 2 only (so the pixel is invalid), 255 everywhere.
+SMALL_PARENTS = [[0, 0, 1], [0, 1, 1, 2, 2]]
+
+
+def small_table() -> torch.Tensor:
+    table = torch.full((3, 256), IGNORE, dtype=torch.int64)
+    table[2, :5] = torch.arange(5)
+    table[1, :5] = torch.tensor(SMALL_PARENTS[1])
+    table[0, :5] = torch.tensor(SMALL_PARENTS[0])[table[1, :5]]
+    table[:2, 5] = 0
+    return table
+
+
+def problem(tree, n=2, h=5, w=7, *, dtype=torch.float64, label_dtype=torch.uint8, ignored=0.15, seed=0):
+    """(logits, labels, table, parents) for the `lip` hierarchy or the small tree."""
+    g = torch.Generator().manual_seed(seed)
+    if tree == "lip":
+        hierarchy = hierparse.load_hierarchy("lip")
+        classes, table = hierarchy.num_classes, hierarchy.label_table()
+        parents = [hierarchy.parents(level) for level in range(1, hierarchy.num_levels)]
+        labels = torch.randint(0, 20, (n, h, w), generator=g)
+    else:
+        classes, table, parents = [2, 3, 5], small_table(), SMALL_PARENTS
+        labels = torch.randint(0, 6, (n, h, w), generator=g)
+    labels[torch.rand(n, h, w, generator=g) < ignored] = IGNORE
+    logits = [(torch.randn(n, c, h, w, generator=g) * 3).to(dtype) for c in classes]
+    return logits, labels.to(label_dtype), table, parents
+
+
+def check_against_reference(logits, labels, table, parents, **options):
+    dtype = logits[0].dtype
+    leaves = [x.detach().clone().requires_grad_(True) for x in logits]
+    refs = [x.detach().clone().requires_grad_(True) for x in logits]
+    got = ops.tree_min_loss(leaves, labels, table, parents, **options)
+    want = ops.reference.tree_min_loss(refs, labels, table, parents, **options)
+    rtol, grad_atol = TOLERANCE[dtype]
+    assert got.dtype == want.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(1.0, want.abs().max().item()))
+    for weights in (torch.ones_like(want), torch.randn_like(want)):  # the fused gradient, and the rerun
+        got_grads = torch.autograd.grad((got * weights).sum(), leaves, retain_graph=True)
+        want_grads = torch.autograd.grad((want * weights).sum(), refs, retain_graph=True)
+        for g, r in zip(got_grads, want_grads):
+            assert g.dtype == dtype and g.shape == r.shape
+            torch.testing.assert_close(g, r, rtol=rtol, atol=grad_atol * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("tree", ["lip", "small"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("focal_gamma,level_weights", [(0.0, None), (2.0, [0.5, 1.0, 2.0])])
+def test_matches_reference(tree, dtype, reduction, focal_gamma, level_weights):
+    logits, labels, table, parents = problem(tree, dtype=dtype)
+    check_against_reference(logits, labels, table, parents, reduction=reduction, focal_gamma=focal_gamma,
+                            level_weights=level_weights)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_any_integer_label_dtype(label_dtype):
+    logits, labels, table, parents = problem("lip", label_dtype=label_dtype, seed=1)
+    check_against_reference(logits, labels, table, parents, focal_gamma=2.0)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_non_contiguous_logits(layout):
+    logits, labels, table, parents = problem("lip", h=6, w=8, seed=2)
+    if layout == "channels_last":
+        logits = [x.contiguous(memory_format=torch.channels_last) for x in logits]
+    else:
+        logits = [torch.cat([x, x], 3)[..., ::2] for x in logits]  # every other column of a wider tensor
+    assert not any(x.is_contiguous() for x in logits)
+    for reduction in ("mean", "none"):
+        check_against_reference(logits, labels, table, parents, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits(dtype):
+    logits, labels, table, parents = problem("lip", dtype=dtype, seed=3)
+    got = ops.tree_min_loss(logits, labels, table, parents, reduction="sum")
+    want = ops.reference.tree_min_loss([x.float() for x in logits], labels, table, parents, reduction="sum")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_single_pixel_by_hand(gamma):
+    # Tree: A -> {a1, a2}, B -> {b1}; the pixel is a2, so A and a2 are positive, B, a1, b1 negative.
+    table = torch.tensor([[0, 0, 1], [0, 1, 2]])
+    x_a, x_b, x_a1, x_a2, x_b1 = 0.2, -0.5, 2.0, 0.9, 0.4
+    logits = [torch.tensor([x_a, x_b], dtype=torch.float64).view(1, 2, 1, 1).requires_grad_(True),
+              torch.tensor([x_a1, x_a2, x_b1], dtype=torch.float64).view(1, 3, 1, 1).requires_grad_(True)]
+    labels = torch.tensor([[[1]]], dtype=torch.uint8)
+
+    def positive(m):  # -(1 - s)^g log(s) of s = sigmoid(min logit)
+        return -((1 - sigmoid(m)) ** gamma) * math.log(sigmoid(m))
+
+    def negative(m):  # -s^g log(1 - s) of s = sigmoid(max logit)
+        return -(sigmoid(m) ** gamma) * math.log(1 - sigmoid(m))
+
+    # A: min(A) = A; B: max(B, b1) = b1; a1: a1; a2: min(A, a2) = A; b1: b1.
+    expected = [positive(x_a) + negative(x_b1), negative(x_a1) + positive(x_a) + negative(x_b1)]
+    losses = ops.tree_min_loss(logits, labels, table, [[0, 0, 1]], focal_gamma=gamma, reduction="sum")
+    assert losses.tolist() == pytest.approx(expected, rel=1e-12)
+
+    def d_positive(m):  # d/dx of the positive term at its argmin logit x = m
+        s = sigmoid(m)
+        return -((1 - s) ** gamma) * (gamma * s * math.log1p(math.exp(-m)) + 1 - s)
+
+    def d_negative(m):
+        s = sigmoid(m)
+        return s ** gamma * (gamma * (1 - s) * math.log1p(math.exp(m)) + s)
+
+    grads = torch.autograd.grad(losses.sum(), logits)
+    assert grads[0].flatten().tolist() == pytest.approx([2 * d_positive(x_a), 0.0], rel=1e-12, abs=1e-15)
+    assert grads[1].flatten().tolist() == pytest.approx([d_negative(x_a1), 0.0, 2 * d_negative(x_b1)], rel=1e-12,
+                                                        abs=1e-15)
+
+
+def test_all_pixels_ignored_give_zero_and_zero_gradient():
+    logits, labels, table, parents = problem("small")
+    labels[..., ::2] = 5  # ignored at level 2 only
+    labels[..., 1::2] = IGNORE
+    leaves = [x.requires_grad_(True) for x in logits]
+    for reduction in ("mean", "sum", "none"):
+        losses = ops.tree_min_loss(leaves, labels, table, parents, focal_gamma=2.0, reduction=reduction)
+        assert torch.count_nonzero(losses) == 0 and torch.isfinite(losses).all()
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_gradcheck_float64():
+    logits, labels, table, parents = problem("small", n=1, h=2, w=2, ignored=0.25, seed=4)
+    logits = [x.requires_grad_(True) for x in logits]
+    for reduction in ("mean", "sum", "none"):
+        def fn(*xs):
+            return ops.tree_min_loss(list(xs), labels, table, parents, focal_gamma=2.0, level_weights=[0.7, 1.3, 0.4],
+                                     reduction=reduction)
+
+        assert torch.autograd.gradcheck(fn, logits)
+
+
+def test_opcheck():
+    logits, labels, table, parents = problem("small", n=1, h=3, w=4, dtype=torch.float32, seed=5)
+    flat = [p for entry in parents for p in entry]
+    for reduction, compute_grad in ((1, False), (0, True), (1, True), (2, True)):
+        xs = [x.clone().requires_grad_(compute_grad) for x in logits]
+        torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
+                              (xs, labels, table, flat, [1.0, 0.5, 2.0], 2.0, IGNORE, reduction, compute_grad))
+    weights = torch.rand(3)
+    torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
+                          (logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, weights))
+
+
+def test_deterministic_across_thread_counts():
+    logits, labels, table, parents = problem("lip", n=4, h=64, w=40, dtype=torch.float32, seed=6)  # 3 tasks
+    leaves = [x.requires_grad_(True) for x in logits]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for num_threads in (1, 2, 1):
+            torch.set_num_threads(num_threads)
+            losses = ops.tree_min_loss(leaves, labels, table, parents, focal_gamma=2.0)
+            results.append((losses, torch.autograd.grad(losses.sum(), leaves)))
+    finally:
+        torch.set_num_threads(threads)
+    for losses, grads in results[1:]:
+        assert torch.equal(losses, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
+# ---------------------------------------------------------------------- bad input
+def bad(match, logits, labels, table, parents, **options):
+    with pytest.raises(ValueError, match=match):
+        ops.tree_min_loss(logits, labels, table, parents, **options)
+
+
+def test_bad_parents():
+    logits, labels, table, parents = problem("small")
+    bad("got 1 parents entries for 3 levels", logits, labels, table, parents[:1])
+    bad("parents entry for level 2 has 4 classes but level 2 logits have 5", logits, labels, table,
+        [parents[0], parents[1][:4]])
+    bad("class 1 of level 1 has parent 2, but level 0 has 2 classes", logits, labels, table, [[0, 2, 1], parents[1]])
+    flat = [0, 2, 1, *parents[1]]
+    with pytest.raises(ValueError, match=r"tree_min_loss: class 1 of level 1 has parent 2, but level 0 has 2 "
+                                         r"classes \(0..1\)"):
+        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, False)
+    with pytest.raises(ValueError, match="tree_min_loss: got 7 parent indices but levels 1..2 have 8 classes"):
+        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat[:7], [1.0] * 3, 0.0, IGNORE, 1, False)
+
+
+def test_logits_that_do_not_fit_the_table_or_labels():
+    logits, labels, table, parents = problem("lip")
+    short = [logits[0], logits[1], logits[2][:, :19]]
+    bad("parents entry for level 2 has 20 classes but level 2 logits have 19", short, labels, table, parents)
+    bad("tree_min_loss: table maps raw id 19 to class 19 at level 2, but level 2 logits have 19 classes", short,
+        labels, table, [parents[0], parents[1][:19]])
+    bad(r"tree_min_loss: level 1 logits are \[2, 5, 5, 6\] but labels are \[2, 5, 7\]",
+        [logits[0], logits[1][..., :6], logits[2]], labels, table, parents)
+    bad(r"tree_min_loss: table must be \[L, K\] with L = 3 levels of logits, got \[2, 256\]", logits, labels,
+        table[:2], parents)
+
+
+def test_bad_labels_and_options():
+    logits, labels, table, parents = problem("lip", ignored=0.0)
+    labels = labels.long()
+    labels[0, 0, 0] = 37
+    bad("tree_min_loss: labels contain raw id 37 but the table covers 0..19", logits, labels, table[:, :20], parents)
+    labels[0, 0, 0] = -1
+    bad("tree_min_loss: labels contain raw id -1", logits, labels, table, parents)
+    labels[0, 0, 0] = 0
+    bad("focal_gamma must be >= 0, got -1", logits, labels, table, parents, focal_gamma=-1.0)
+    bad("reduction must be one of", logits, labels, table, parents, reduction="max")
+    bad("got 2 level weights for 3 levels", logits, labels, table, parents, level_weights=[1.0, 1.0])
+    flat = [p for entry in parents for p in entry]
+    with pytest.raises(ValueError, match=r"tree_min_loss: grad_weights must have the losses' shape \[3\], got \[2\]"):
+        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, torch.ones(2))
+
+
+def test_reference_rejects_the_same_bad_input():
+    logits, labels, table, parents = problem("small")
+    with pytest.raises(ValueError, match="got 1 parents entries for 3 levels"):
+        ops.reference.tree_min_loss(logits, labels, table, parents[:1])
+    with pytest.raises(ValueError, match="focal_gamma must be >= 0"):
+        ops.reference.tree_min_loss(logits, labels, table, parents, focal_gamma=-0.5)
