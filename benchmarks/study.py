@@ -8,8 +8,9 @@ that is studied changes:
 2. ``flat_skip``: the same one module plus the ``layer1`` skip refinement the stacked model's finest
    module has, without the stack (a plain decoder): separates skips from stacking;
 3. ``stacked_no_skips``: three modules, stack connections only;
-4. ``stacked``: the default model (skips from ``layer2`` and ``layer1``);
-5. ``stacked_fine_weighted``: the default model with level weights ``[0.25, 0.5, 1]``.
+4. ``stacked``: the default model (skips from ``layer2`` and ``layer1``) with equal level weights;
+5. ``stacked_fine_weighted``: the default model, level weights ``[0.25, 0.5, 1]`` (``level_weights:
+   fine``, the default since this study).
 
 Each run is ``hierparse.train.train`` with a config from :func:`hierparse.config.resolve`, evaluated
 once at the end. Stacked models are also scored with consistent decoding (same weights). Seeds go
@@ -68,12 +69,15 @@ class Variant:
         return self.overrides.get("stacked", True)
 
 
+# Every variant names its level weights (the default is "fine", i.e. FINE_WEIGHTS here): the runs
+# recorded before that default existed keep their identity, and flat models score only the finest
+# level, whose weight is 1 either way.
 VARIANTS = (
-    Variant("flat", "flat (parts only)", {"stacked": False}),
-    Variant("flat_skip", "flat + layer1 skip (no stack)", {"stacked": False, "skips": ["layer1"]}),
-    Variant("stacked_no_skips", "stacked, no skips", {"skips": []}),
-    Variant("stacked", "stacked + skips (default)", {"skips": None}),
-    Variant("stacked_fine_weighted", f"stacked + skips, level weights {FINE_WEIGHTS}",
+    Variant("flat", "flat (parts only)", {"stacked": False, "level_weights": None}),
+    Variant("flat_skip", "flat + layer1 skip (no stack)", {"stacked": False, "skips": ["layer1"], "level_weights": None}),
+    Variant("stacked_no_skips", "stacked, no skips, equal level weights", {"skips": [], "level_weights": None}),
+    Variant("stacked", "stacked + skips, equal level weights", {"skips": None, "level_weights": None}),
+    Variant("stacked_fine_weighted", f"stacked + skips, level weights {FINE_WEIGHTS} (the default)",
             {"skips": None, "level_weights": FINE_WEIGHTS}),
 )
 
@@ -329,9 +333,10 @@ def load_record(path: Path) -> dict[str, Any] | None:
 
 
 def same_run(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether a recorded run used the config asked for now; the run directory may have moved
-    (another clone), so ``out`` does not count."""
-    return {**recorded, "out": None} == {**wanted, "out": None}
+    """Whether a recorded run used the config asked for now. The run directory may have moved
+    (another clone), so ``out`` does not count; a key added to the config after the run counts
+    with its default (new keys default to the old behaviour)."""
+    return {**configuration.DEFAULTS, **recorded, "out": None} == {**wanted, "out": None}
 
 
 def report_of(runs: list[dict[str, Any]], args: argparse.Namespace, settings: dict[str, Any],

@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "output_stride": 8,
     "pretrained": None,               # torchvision ResNet checkpoint file for the backbone
     # loss
-    "level_weights": None,            # one weight per level; null: all 1
+    "level_weights": "fine",          # one weight per level; null: all 1; fine: each coarser level weighs
+                                      # half the next finer one ([0.25, 0.5, 1] for three levels)
     "class_weights": None,            # per level: a list of per-class weights or null
     "label_smoothing": 0.0,
     "ohem": None,                     # hard-pixel mining per level: {threshold: 0.7, min_kept: 100000}; null: off
@@ -76,6 +77,8 @@ NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
     "class_weights": list, "amp": str, "threads": int, "ohem": dict,
 }
+# Words a key takes besides values of its type.
+WORDS: dict[str, tuple[str, ...]] = {"level_weights": ("fine",)}
 TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
               dict: "a mapping"}
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -98,14 +101,15 @@ def _check_key(key: str, source: str) -> None:
 
 def _check_type(key: str, value: Any, source: str) -> Any:
     """``value`` if it has the key's type (ints pass as floats); raise a one-line error otherwise."""
-    if value is None and key in NULLABLE:
+    if value is None and key in NULLABLE or value in WORDS.get(key, ()):
         return value
     expected = NULLABLE.get(key, type(DEFAULTS[key]))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-        nullable = " or null" if key in NULLABLE else ""
-        raise ValueError(f"config key {key!r} in {source} must be {TYPE_WORDS[expected]}{nullable}, got {value!r}")
+        alternatives = [*(repr(word) for word in WORDS.get(key, ())), *(["null"] if key in NULLABLE else [])]
+        also = f" or {' or '.join(alternatives)}" if alternatives else ""
+        raise ValueError(f"config key {key!r} in {source} must be {TYPE_WORDS[expected]}{also}, got {value!r}")
     return value
 
 

@@ -14,6 +14,15 @@ from hierparse import ops
 from hierparse.hierarchy import Hierarchy, load_hierarchy
 
 
+def fine_level_weights(num_levels: int) -> list[float]:
+    """Each level weighs half as much as the next finer one: ``[0.25, 0.5, 1]`` for three levels.
+
+    The finest level carries over half of the objective and the coarse levels still supervise the
+    shared encoder; measured in benchmarks/RESULTS.md ("Study").
+    """
+    return [0.5 ** (num_levels - 1 - level) for level in range(num_levels)]
+
+
 @dataclass(frozen=True)
 class OHEM:
     """Online hard example mining of pixels, as mmsegmentation's ``OHEMPixelSampler``.
@@ -58,6 +67,7 @@ class HierarchicalLoss(nn.Module):
     Each level's logits are upsampled (bilinear) to the label size, then all levels go through
     ``hierparse.ops.multilevel_cross_entropy`` with the hierarchy's label table. ``forward``
     returns the per-level losses ``[L]`` (level weights applied); the objective is their sum.
+    ``level_weights``: one per level, None for all 1, or ``"fine"`` (:func:`fine_level_weights`).
     A flat model (one output for the finest level) is scored on the finest level only.
     ``ohem``: train every level on its hard pixels only (:class:`OHEM`); each level's loss is then
     the mean over the pixels it keeps.
@@ -67,7 +77,7 @@ class HierarchicalLoss(nn.Module):
         self,
         hierarchy: Hierarchy | str,
         *,
-        level_weights: Sequence[float] | None = None,
+        level_weights: Sequence[float] | str | None = None,
         class_weights: Sequence[torch.Tensor | Sequence[float] | None] | None = None,
         label_smoothing: float = 0.0,
         ohem: OHEM | None = None,
@@ -76,6 +86,10 @@ class HierarchicalLoss(nn.Module):
         self.ohem = ohem
         self.hierarchy = load_hierarchy(hierarchy)
         levels = self.hierarchy.num_levels
+        if isinstance(level_weights, str):
+            if level_weights != "fine":
+                raise ValueError(f"level_weights must be a list, null or 'fine', got {level_weights!r}")
+            level_weights = fine_level_weights(levels)
         if level_weights is not None and len(level_weights) != levels:
             raise ValueError(f"got {len(level_weights)} level weights for the {levels} levels of {self.hierarchy.name!r}")
         if class_weights is not None and len(class_weights) != levels:

@@ -130,3 +130,18 @@ def test_ohem_bad_options(options, message):
     with pytest.raises(ValueError) as error:
         config.resolve(None, ["ohem", str(options)])
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name, expected", [("lip", [0.25, 0.5, 1.0]), ("cityscapes", [0.5, 1.0])])
+def test_fine_level_weights_halve_towards_the_root(name, expected):
+    h = hierparse.load_hierarchy(name)
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 19, (1, 8, 8), generator=g, dtype=torch.uint8)
+    logits = [torch.randn(1, c, 8, 8, generator=g) for c in h.num_classes]
+    fine = HierarchicalLoss(h, level_weights="fine")
+    assert fine.level_weights == expected
+    torch.testing.assert_close(fine(logits, labels), HierarchicalLoss(h, level_weights=expected)(logits, labels))
+    torch.testing.assert_close(HierarchicalLoss(h, level_weights="fine")([logits[-1]], labels),
+                               HierarchicalLoss(h)([logits[-1]], labels))  # a flat model: the finest weighs 1
+    with pytest.raises(ValueError, match="level_weights must be a list, null or 'fine', got 'coarse'"):
+        HierarchicalLoss(h, level_weights="coarse")
