@@ -164,4 +164,14 @@ std::vector<at::Tensor> allocate_grads(at::TensorList logits, bool compute_grad)
   return grads;
 }
 
+void write_level_totals(at::Tensor& losses, const double* partials, int64_t chunks,
+                        const std::vector<double>& scales) {
+  std::vector<double> totals(scales.size(), 0.0);
+  for (size_t l = 0; l < scales.size(); ++l) {
+    for (int64_t c = 0; c < chunks; ++c) totals[l] += partials[l * chunks + c];
+    totals[l] *= scales[l];
+  }
+  losses.copy_(at::tensor(totals, at::kDouble));
+}
+
 }  // namespace hierparse

@@ -52,6 +52,11 @@ void set_level_scales(Plan& plan, const at::Tensor& label_counts);
 // Output tensors: losses ([L], or [L, N, H, W] for reduction "none") and, when asked, gradients
 // with the layout of each level's logits.
 at::Tensor allocate_losses(const Plan& plan, const at::Tensor& like);
+
+// Writes losses[l] = scales[l] * (sum of partials[l * chunks + c] over c), the chunks added in
+// order, so the result has the same bits for any number of threads.
+void write_level_totals(at::Tensor& losses, const double* partials, int64_t chunks,
+                        const std::vector<double>& scales);
 std::vector<at::Tensor> allocate_grads(at::TensorList logits, bool compute_grad);
 
 }  // namespace hierparse

@@ -234,21 +234,11 @@ def test_gradients_keep_the_logits_layout():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_deterministic_across_runs_and_thread_counts(device):
+def test_deterministic_across_runs_and_thread_counts(device, assert_same_bits_across_threads):
     logits, labels, table = random_problem(n=4, h=33, w=300, device=device)
     leaves = [x.requires_grad_(True) for x in logits]
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for num_threads in (1, 2, 1):
-            torch.set_num_threads(num_threads)
-            losses = ops.multilevel_cross_entropy(leaves, labels, table, label_smoothing=0.1)
-            results.append((losses, torch.autograd.grad(losses.sum(), leaves)))
-    finally:
-        torch.set_num_threads(threads)
-    for losses, grads in results[1:]:
-        assert torch.equal(losses, results[0][0])
-        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+    assert_same_bits_across_threads(
+        lambda x: ops.multilevel_cross_entropy(x, labels, table, label_smoothing=0.1), leaves)
 
 
 @pytest.mark.parametrize("width", [256, 250])  # 64-byte aligned rows, and rows that are not

@@ -170,21 +170,10 @@ def test_opcheck():
                           (logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, weights))
 
 
-def test_deterministic_across_thread_counts():
+def test_deterministic_across_thread_counts(assert_same_bits_across_threads):
     logits, labels, table, parents = problem("lip", n=4, h=64, w=40, dtype=torch.float32, seed=6)  # 3 tasks
     leaves = [x.requires_grad_(True) for x in logits]
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for num_threads in (1, 2, 1):
-            torch.set_num_threads(num_threads)
-            losses = ops.tree_min_loss(leaves, labels, table, parents, focal_gamma=2.0)
-            results.append((losses, torch.autograd.grad(losses.sum(), leaves)))
-    finally:
-        torch.set_num_threads(threads)
-    for losses, grads in results[1:]:
-        assert torch.equal(losses, results[0][0])
-        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+    assert_same_bits_across_threads(lambda x: ops.tree_min_loss(x, labels, table, parents, focal_gamma=2.0), leaves)
 
 
 # ---------------------------------------------------------------------- bad input

@@ -205,13 +205,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   }
 
   if (!per_pixel) {
-    std::vector<double> totals(L, 0.0);
-    for (int64_t l = 0; l < L; ++l) {
-      // Summed in tile order: the same result for any number of threads.
-      for (int64_t t = 0; t < args.num_tiles; ++t) totals[l] += tile_sums[l * args.num_tiles + t];
-      totals[l] *= plan.levels[l].loss_scale;
-    }
-    losses.copy_(at::tensor(totals, at::kDouble));
+    std::vector<double> scales;
+    for (const auto& level : plan.levels) scales.push_back(level.loss_scale);
+    write_level_totals(losses, tile_sums.data(), args.num_tiles, scales);
   }
   return {losses, grads};
 }

@@ -211,13 +211,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cpu(
   });
 
   if (!per_pixel) {
-    std::vector<double> totals(L, 0.0);
-    for (int64_t l = 0; l < L; ++l) {
-      // Summed in row order: the same result for any number of threads.
-      for (int64_t r = 0; r < rows; ++r) totals[l] += args.row_sums[l * rows + r];
-      totals[l] *= args.levels[l].loss_scale;
-    }
-    losses.copy_(at::tensor(totals, at::kDouble));
+    std::vector<double> scales;
+    for (const auto& level : args.levels) scales.push_back(level.loss_scale);
+    write_level_totals(losses, args.row_sums.data(), rows, scales);
   }
   return {losses, grads};
 }
