@@ -1,4 +1,4 @@
-"""Does coarse-to-fine stacking help, and why? Trains and scores five variants over several seeds.
+"""Does coarse-to-fine stacking help, and why? Trains and scores seven variants over several seeds.
 
 On the synthetic LIP-like people with the ``lip`` hierarchy (person -> 5 regions -> 20 parts), with
 the default run's backbone, head, data and schedule (``hierparse.config.DEFAULTS``), only the part
@@ -10,10 +10,14 @@ that is studied changes:
 3. ``stacked_no_skips``: three modules, stack connections only;
 4. ``stacked``: the default model (skips from ``layer2`` and ``layer1``) with equal level weights;
 5. ``stacked_fine_weighted``: the default model, level weights ``[0.25, 0.5, 1]`` (``level_weights:
-   fine``, the default since this study).
+   fine``, the default since this study);
+6. ``softmax_ohem``: the default run with hard-pixel mining (``ohem``; ``min_kept`` 3000 of the 16384
+   pixels of a crop, the fraction of mmsegmentation's Cityscapes setting, 100000 of 512x1024);
+7. ``tree_min``: the default run with HSSN's tree-min loss (``loss: tree_min``) instead of softmax.
 
 Each run is ``hierparse.train.train`` with a config from :func:`hierparse.config.resolve`, evaluated
-once at the end. Stacked models are also scored with consistent decoding (same weights). Seeds go
+once at the end. Stacked models are also scored with the path decoding of their loss (consistent
+for softmax, tree for tree_min; same weights). Seeds go
 in the outer loop and variants in the inner one, so drifting load from other jobs hits all variants
 alike. The study resumes run by run: every finished (variant, seed) leaves a record in
 ``<out>/study_runs/`` and is skipped when the command runs again; after each run the tables are
@@ -21,7 +25,7 @@ rewritten from the records so far and say how many runs they hold. Writes ``stud
 ``study.png`` (fine mIoU per variant and seed) and ``study.json`` (every number) to ``--out``; run
 directories (checkpoints, logs) to ``--runs``.
 
-    python benchmarks/study.py            # the full study: 5 variants x 3 seeds (about 100 min on 2 cores)
+    python benchmarks/study.py            # the full study: 7 variants x 3 seeds (about 2 h on 2 cores)
     python benchmarks/study.py --quick    # tiny settings, seconds, into a temporary folder (CI)
 """
 
@@ -48,6 +52,7 @@ from matplotlib.figure import Figure
 from hierparse import config as configuration
 from hierparse.engine.io import atomic_write, to_json, write_text, writable_dir
 from hierparse.evaluate import eval_loader, evaluate_model
+from hierparse.losses import DECODES_OF_LOSS
 from hierparse.train import Trainer, train
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -65,8 +70,11 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def stacked(self) -> bool:
-        return self.overrides.get("stacked", True)
+    def decodes(self) -> tuple[str, ...]:
+        """How the variant is scored: independent, and for stacked models also its loss's path decoding."""
+        if not self.overrides.get("stacked", True):
+            return ("independent",)
+        return DECODES_OF_LOSS[self.overrides.get("loss", "softmax")]
 
 
 # Every variant names its level weights (the default is "fine", i.e. FINE_WEIGHTS here): the runs
@@ -79,6 +87,10 @@ VARIANTS = (
     Variant("stacked", "stacked + skips, equal level weights", {"skips": None, "level_weights": None}),
     Variant("stacked_fine_weighted", f"stacked + skips, level weights {FINE_WEIGHTS} (the default)",
             {"skips": None, "level_weights": FINE_WEIGHTS}),
+    Variant("softmax_ohem", "default + OHEM (threshold 0.7, min_kept 3000)",
+            {"skips": None, "level_weights": FINE_WEIGHTS, "ohem": {"threshold": 0.7, "min_kept": 3000}}),
+    Variant("tree_min", "default modules, tree-min loss", {"skips": None, "level_weights": FINE_WEIGHTS,
+                                                           "loss": "tree_min"}),
 )
 
 # Shared by every run, on top of hierparse.config.DEFAULTS (the default run: its model, data and
@@ -130,7 +142,7 @@ def run_tokens(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: 
 
 
 def run_one(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
-    """Train ``variant`` with ``seed``, score it (and, when stacked, score it again with consistent decoding)."""
+    """Train ``variant`` with ``seed``, score it (and, when stacked, again with its path decoding)."""
     tokens = run_tokens(variant, seed, settings, runs_dir)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -142,10 +154,9 @@ def run_one(variant: Variant, seed: int, settings: dict[str, Any], runs_dir: Pat
         "seconds_per_iteration": seconds_per_iteration(trainer),
         "decode": {"independent": scores(trainer.result)},
     }
-    if variant.stacked:
+    for mode in variant.decodes[1:]:
         loader = eval_loader(trainer.val_set, trainer.config, trainer.device)
-        consistent = evaluate_model(trainer.model, loader, trainer.hierarchy, trainer.device, "consistent")
-        record["decode"]["consistent"] = scores(consistent)
+        record["decode"][mode] = scores(evaluate_model(trainer.model, loader, trainer.hierarchy, trainer.device, mode))
     record.update(wall_seconds=time.perf_counter() - start, load_before=load_before, load_after=os.getloadavg()[0])
     return record
 
@@ -250,14 +261,15 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{coarse_cells} | {percent(scores_['consistency'])} |")
     lines += [
         "",
-        "Decoding the same stacked checkpoints two ways: independent (argmax per level) and consistent "
-        "(best root-to-leaf path; coarse maps are the ancestors of the fine one).",
+        "Decoding the same stacked checkpoints two ways: independent (argmax per level) and the best "
+        "root-to-leaf path (coarse maps are the ancestors of the fine one): consistent for softmax models "
+        "(summed log-softmax), tree for the tree-min model (summed sigmoid scores).",
         "",
         f"| variant | decode | {fine} mIoU | " + " | ".join(f"{name} mIoU" for name in coarse) + " | consistency |",
         "| --- | --- | ---: | " + " | ".join("---:" for _ in coarse) + " | ---: |",
     ]
     for entry in summary.values():
-        if "consistent" not in entry["decode"]:
+        if len(entry["decode"]) < 2:
             continue
         for mode, scores_ in entry["decode"].items():
             coarse_cells = " | ".join(percent(scores_["module_miou"][name]) for name in coarse)

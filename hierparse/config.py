@@ -14,8 +14,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from hierparse.losses import OHEM
+from hierparse.losses import LOSSES, OHEM, check_decode, check_loss_options
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
+from hierparse.predict import DECODE_MODES
 
 # The no-argument run: the light stacked PSP model on synthetic LIP-like people, 6.5 minutes measured on
 # a 2-core Zen 4 CPU including evaluation, part mIoU 33 (README "Train, evaluate, predict").
@@ -42,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "output_stride": 8,
     "pretrained": None,               # torchvision ResNet checkpoint file for the backbone
     # loss
+    "loss": "softmax",                # softmax: per-level cross-entropy; tree_min: HSSN's tree-min loss (sigmoid
+                                      # scores per class-tree node; stacked models, decode independent or tree)
+    "focal_gamma": 0.0,               # tree_min only: focal exponent of its terms (HSSN), 0: off
     "level_weights": "fine",          # one weight per level; null: all 1; fine: each coarser level weighs
                                       # half the next finer one ([0.25, 0.5, 1] for three levels)
     "class_weights": None,            # per level: a list of per-class weights or null
@@ -67,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "resume": False,                  # continue from <out>/last.pt
     "eval_interval": 400,             # evaluate, checkpoint and plot every N iterations (and at the end)
     "log_interval": 20,
-    "decode": "independent",          # independent or consistent (evaluation and samples)
+    "decode": "independent",          # independent, consistent (softmax) or tree (tree_min); evaluation and samples
     "device": "auto",                 # auto (cuda when available), cpu, cuda, cuda:1
     "threads": None,                  # torch CPU threads per process; null: the cores left after data workers
 }
@@ -84,12 +88,13 @@ TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "amp": (None, "bf16", "fp16", "auto"),
-    "decode": ("independent", "consistent"),
+    "decode": DECODE_MODES,
+    "loss": LOSSES,
 }
 POSITIVE = ("crop_size", "batch_size", "max_iters", "eval_interval", "log_interval", "lr",
             "synthetic_train_images", "synthetic_val_images", "threads", "output_stride")
 NON_NEGATIVE = ("workers", "warmup_iters", "weight_decay", "momentum", "label_smoothing", "seed",
-                "warmup_factor", "poly_power")
+                "warmup_factor", "poly_power", "focal_gamma")
 
 
 def _check_key(key: str, source: str) -> None:
@@ -129,7 +134,11 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
             or not 0 < scale[0] <= scale[1]):
         raise ValueError(f"config key 'train_scale' must be [low, high] with 0 < low <= high, got {scale!r}")
-    OHEM.from_config(config["ohem"])
+    check_loss_options(config["loss"], focal_gamma=config["focal_gamma"], class_weights=config["class_weights"],
+                       label_smoothing=config["label_smoothing"], ohem=OHEM.from_config(config["ohem"]))
+    check_decode(config["loss"], config["decode"])
+    if config["loss"] == "tree_min" and not config["stacked"]:
+        raise ValueError("loss tree_min scores every level of the class tree; it needs stacked: true")
     if config["module_width"] < 2:
         raise ValueError(f"config key 'module_width' must be at least 2, got {config['module_width']!r}")
     if config["eval_size"] is not None and config["eval_size"] < 16:

@@ -22,6 +22,7 @@ from hierparse.engine.visualize import denormalize, paint, save_panels
 from hierparse.hierarchy import Hierarchy
 from hierparse.metrics import ParsingMetrics, format_metrics
 from hierparse.models import StackedParser
+from hierparse.losses import check_decode
 from hierparse.predict import DECODE_MODES, predict_batch
 
 
@@ -127,6 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
     decode_mode = args.decode or config["decode"]
+    check_decode(config.get("loss", "softmax"), decode_mode)
     dataset = build_eval_dataset(config, hierarchy, args.split)
     result = evaluate_model(model, eval_loader(dataset, config, device), hierarchy, device, decode_mode)
     where = "synthetic images" if config["dataset"] == "synthetic" else f"{config['dataset']} {config['root']}"

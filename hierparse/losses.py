@@ -1,5 +1,5 @@
-"""The training objective of a stacked parser: every level's cross-entropy from one fused op,
-optionally on the hard pixels only (OHEM)."""
+"""The training objective of a stacked parser, from one fused op over all levels: every level's
+softmax cross-entropy (optionally on the hard pixels only, OHEM), or HSSN's tree-min loss."""
 
 from __future__ import annotations
 
@@ -12,6 +12,34 @@ from torch import nn
 
 from hierparse import ops
 from hierparse.hierarchy import Hierarchy, load_hierarchy
+
+
+LOSSES = ("softmax", "tree_min")
+# The decodings that read a model's scores the way its loss trained them: "consistent" multiplies
+# per-level softmax probabilities, "tree" adds per-node sigmoid scores (hierparse.predict.decode).
+DECODES_OF_LOSS = {"softmax": ("independent", "consistent"), "tree_min": ("independent", "tree")}
+
+
+def check_decode(loss: str, decode: str) -> None:
+    """Raise a one-line ValueError unless ``decode`` fits a model trained with ``loss``."""
+    if decode not in DECODES_OF_LOSS[loss]:
+        raise ValueError(f"decode {decode!r} does not fit a model trained with loss {loss!r}; "
+                         f"use {' or '.join(DECODES_OF_LOSS[loss])}")
+
+
+def check_loss_options(loss: str, *, focal_gamma: float = 0.0, class_weights: Any = None,
+                       label_smoothing: float = 0.0, ohem: Any = None) -> None:
+    """Raise a one-line ValueError for an unknown loss or an option that the loss does not take."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if focal_gamma < 0 or (focal_gamma and loss != "tree_min"):
+        raise ValueError(f"focal_gamma must be >= 0 and applies to loss tree_min only, got {focal_gamma!r} "
+                         f"with loss {loss!r}")
+    if loss == "tree_min":
+        unused = [name for name, value in (("class_weights", class_weights), ("label_smoothing", label_smoothing),
+                                           ("ohem", ohem)) if value]
+        if unused:
+            raise ValueError(f"{' and '.join(unused)}: for loss softmax only, not tree_min")
 
 
 def fine_level_weights(num_levels: int) -> list[float]:
@@ -62,11 +90,15 @@ class OHEM:
 
 
 class HierarchicalLoss(nn.Module):
-    """Per-level softmax cross-entropy of a stacked model's logits against raw uint8 labels.
+    """Per-level losses of a stacked model's logits against raw uint8 labels.
 
-    Each level's logits are upsampled (bilinear) to the label size, then all levels go through
-    ``hierparse.ops.multilevel_cross_entropy`` with the hierarchy's label table. ``forward``
-    returns the per-level losses ``[L]`` (level weights applied); the objective is their sum.
+    Each level's logits are upsampled (bilinear) to the label size, then all levels go through one
+    fused op with the hierarchy's label table: ``loss="softmax"``, the per-level softmax
+    cross-entropy (``hierparse.ops.multilevel_cross_entropy``); ``loss="tree_min"``, HSSN's tree-min
+    loss over the hierarchy's class tree (``hierparse.ops.tree_min_loss``, every level's logits read
+    as per-node sigmoid scores, ``focal_gamma`` its focal exponent; it needs one output per level and
+    takes no class weights, label smoothing or OHEM). ``forward`` returns the per-level losses ``[L]``
+    (level weights applied); the objective is their sum.
     ``level_weights``: one per level, None for all 1, or ``"fine"`` (:func:`fine_level_weights`).
     A flat model (one output for the finest level) is scored on the finest level only.
     ``ohem``: train every level on its hard pixels only (:class:`OHEM`); each level's loss is then
@@ -81,11 +113,16 @@ class HierarchicalLoss(nn.Module):
         class_weights: Sequence[torch.Tensor | Sequence[float] | None] | None = None,
         label_smoothing: float = 0.0,
         ohem: OHEM | None = None,
+        loss: str = "softmax",
+        focal_gamma: float = 0.0,
     ):
         super().__init__()
-        self.ohem = ohem
+        check_loss_options(loss, focal_gamma=focal_gamma, class_weights=class_weights,
+                           label_smoothing=label_smoothing, ohem=ohem)
+        self.kind, self.focal_gamma, self.ohem = loss, float(focal_gamma), ohem
         self.hierarchy = load_hierarchy(hierarchy)
         levels = self.hierarchy.num_levels
+        self.parents = [self.hierarchy.parents(level) for level in range(1, levels)]
         if isinstance(level_weights, str):
             if level_weights != "fine":
                 raise ValueError(f"level_weights must be a list, null or 'fine', got {level_weights!r}")
@@ -114,12 +151,13 @@ class HierarchicalLoss(nn.Module):
         levels = self.hierarchy.num_levels
         if len(logits) == levels:
             chosen = list(range(levels))
-        elif len(logits) == 1:
+        elif len(logits) == 1 and self.kind == "softmax":
             chosen = [levels - 1]
         else:
             raise ValueError(
                 f"got {len(logits)} levels of logits; hierarchy {self.hierarchy.name!r} has {levels} "
-                f"(or give 1 for a flat model)"
+                + ("(or give 1 for a flat model)" if self.kind == "softmax" else
+                   "(loss tree_min needs one output per level: stacked true)")
             )
         size = labels.shape[-2:]
         upsampled = [
@@ -127,6 +165,9 @@ class HierarchicalLoss(nn.Module):
             for x in logits
         ]
         table = self.table[chosen]
+        if self.kind == "tree_min":
+            return ops.tree_min_loss(upsampled, labels, table, self.parents, ignore_index=self.hierarchy.ignore_index,
+                                     focal_gamma=self.focal_gamma, level_weights=self.level_weights)
         options = dict(
             ignore_index=self.hierarchy.ignore_index,
             level_weights=None if self.level_weights is None else [self.level_weights[l] for l in chosen],

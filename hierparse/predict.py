@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -17,9 +18,10 @@ from hierparse.engine.checkpoint import model_from_checkpoint
 from hierparse.engine.io import atomic_write, writable_dir
 from hierparse.engine.visualize import paint, save_panels
 from hierparse.hierarchy import Hierarchy
+from hierparse.losses import check_decode
 from hierparse.models import StackedParser
 
-DECODE_MODES = ("independent", "consistent")
+DECODE_MODES = ("independent", "consistent", "tree")
 
 
 def ancestors(hierarchy: Hierarchy) -> list[torch.Tensor]:
@@ -50,8 +52,15 @@ def decode(
     module puts, at 51%, in the wrong region has no chance even when the fine module is sure; the
     path product weighs all levels' evidence at the same cost (one gather and sum per level).
 
+    ``tree``: for models trained with the tree-min loss (``loss: tree_min``), whose logits are
+    per-node sigmoid scores ``s``: HSSN's top-scoring root-to-leaf path, each finest class scoring
+    the sum of ``s`` over its path. The same path search as ``consistent`` with per-node sigmoid
+    scores added instead of per-level log-softmax probabilities: the tree-min loss trains every node
+    as its own yes/no question (a child's score bounded by its parent's), not the classes of a level
+    against each other.
+
     A single logit map for the finest level (a flat model) is also accepted: the coarse maps are
-    then its prediction merged up the tree, in both modes.
+    then its prediction merged up the tree, in every mode.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"unknown decode mode {mode!r}; choices: {', '.join(DECODE_MODES)}")
@@ -78,8 +87,8 @@ def decode(
     if flat:
         fine = resized[0].argmax(dim=1)
     else:
-        path_scores = sum(F.log_softmax(scores, dim=1).index_select(1, index)
-                          for scores, index in zip(resized, chain))
+        node_scores = torch.sigmoid if mode == "tree" else partial(F.log_softmax, dim=1)
+        path_scores = sum(node_scores(scores).index_select(1, index) for scores, index in zip(resized, chain))
         fine = path_scores.argmax(dim=1)
     return [index[fine] for index in chain]
 
@@ -125,6 +134,7 @@ def run_predict(args: argparse.Namespace) -> int:
     size = checkpoint["config"]["eval_size"] if args.size is None else args.size or None
     transform = eval_transform(hierarchy, size, mode="resize" if size else "none")
     decode_mode = args.decode or checkpoint["config"]["decode"]
+    check_decode(checkpoint["config"].get("loss", "softmax"), decode_mode)
 
     for path, image in zip(paths, images):
         sample = transform({"image": image, "label": np.zeros(image.shape[:2], np.uint8), "path": str(path)})

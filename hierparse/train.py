@@ -218,7 +218,8 @@ class Trainer:
         self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
                                      class_weights=config["class_weights"],
                                      label_smoothing=config["label_smoothing"],
-                                     ohem=OHEM.from_config(config["ohem"])).to(self.device)
+                                     ohem=OHEM.from_config(config["ohem"]), loss=config["loss"],
+                                     focal_gamma=config["focal_gamma"]).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],

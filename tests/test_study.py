@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted"]
+VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted", "softmax_ohem", "tree_min"]
 FLAT = ("flat", "flat_skip")
 
 
@@ -23,12 +23,16 @@ def test_quick_study_writes_table_json_and_plot(tmp_path):
     assert len(report["runs"]) == len(VARIANTS) and report["seeds"] == [0]
     for key, entry in report["summary"].items():
         assert entry["parameters"] > 0 and entry["seconds_per_iteration"]["mean"] > 0
-        assert set(entry["decode"]) == ({"independent"} if key in FLAT else {"independent", "consistent"})
+        path_decode = "tree" if key == "tree_min" else "consistent"
+        assert set(entry["decode"]) == ({"independent"} if key in FLAT else {"independent", path_decode})
         fine = entry["decode"]["independent"]["fine_miou"]
         assert 0 <= fine["mean"] <= 1 and len(fine["seeds"]) == 1
         assert set(entry["decode"]["independent"]["merged_miou"]) == {"person", "region", "part"}
     assert report["summary"]["flat"]["decode"]["independent"]["consistency"]["mean"] is None  # NaN -> null
     assert report["summary"]["stacked"]["decode"]["consistent"]["consistency"]["mean"] == 1.0
+    assert report["summary"]["tree_min"]["decode"]["tree"]["consistency"]["mean"] == 1.0
+    runs = {run["variant"]: run for run in report["runs"]}
+    assert runs["tree_min"]["config"]["loss"] == "tree_min" and runs["softmax_ohem"]["config"]["ohem"]
     parameters = {key: entry["parameters"] for key, entry in report["summary"].items()}
     assert parameters["flat"] < parameters["flat_skip"] < parameters["stacked"]
     assert report["complete"] and report["planned_runs"] == len(VARIANTS)
@@ -38,11 +42,12 @@ def test_quick_study_writes_table_json_and_plot(tmp_path):
     labels = [entry["label"] for entry in report["summary"].values()]
     rows = [line for line in table.splitlines()
             if line.startswith("| ") and not line.startswith(("| variant", "| ---"))]
-    assert [row.split(" | ")[0][2:] for row in rows[:5]] == labels
+    assert [row.split(" | ")[0][2:] for row in rows[:len(VARIANTS)]] == labels
     rows = [row for row in rows if not row.startswith("| part class")]
-    # results, independent and consistent per stacked variant, then one row per part class
-    assert len(rows) == 5 + 2 * 3 + 20
-    assert rows[-1].startswith("| Right-shoe | ") and rows[-1].count("|") == 7
+    # results, two decodings per stacked variant, then one row per part class
+    stacked = len(VARIANTS) - len(FLAT)
+    assert len(rows) == len(VARIANTS) + 2 * stacked + 20
+    assert rows[-1].startswith("| Right-shoe | ") and rows[-1].count("|") == len(VARIANTS) + 2
     assert "complete" in table.splitlines()[0]
 
     assert (tmp_path / "study.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -81,4 +86,4 @@ def test_partial_study_is_labelled(tmp_path):
     args = study.parse_args(["--quick", "--out", str(tmp_path)])
     partial = study.report_of(runs, args, study.QUICK_SETTINGS, "python benchmarks/study.py --quick")
     assert not partial["complete"] and list(partial["summary"]) == VARIANTS[:2]
-    assert "PARTIAL: 2 of 5 runs so far" in study.markdown(partial)
+    assert f"PARTIAL: 2 of {len(VARIANTS)} runs so far" in study.markdown(partial)
