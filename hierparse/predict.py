@@ -124,6 +124,8 @@ def add_predict(subparsers) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     device = distributed.resolve_device(args.device)
     model, hierarchy, checkpoint = model_from_checkpoint(args.checkpoint, device, args.hierarchy)
+    decode_mode = args.decode or checkpoint["config"]["decode"]
+    check_decode(checkpoint["config"].get("loss", "softmax"), decode_mode)
     paths = [Path(image) for image in args.images]
     stems = [path.stem for path in paths]
     repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -133,8 +135,6 @@ def run_predict(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
     size = checkpoint["config"]["eval_size"] if args.size is None else args.size or None
     transform = eval_transform(hierarchy, size, mode="resize" if size else "none")
-    decode_mode = args.decode or checkpoint["config"]["decode"]
-    check_decode(checkpoint["config"].get("loss", "softmax"), decode_mode)
 
     for path, image in zip(paths, images):
         sample = transform({"image": image, "label": np.zeros(image.shape[:2], np.uint8), "path": str(path)})

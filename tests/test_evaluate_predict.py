@@ -25,6 +25,13 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tree_min_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tree_min_run")
+    assert main(["train", *TINY, "loss", "tree_min", "decode", "tree", "out", str(out)]) == 0
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     paths = []
@@ -66,6 +73,28 @@ def test_evaluate_consistent_decoding_is_fully_consistent(checkpoint, tmp_path, 
                  "--json", str(report), "--hierarchy", "lip"]) == 0
     data = json.loads(report.read_text())
     assert data["decode"] == "consistent" and data["metrics"]["consistency"] == 1.0
+
+
+def test_tree_min_checkpoint_decodes_with_tree_by_default(tree_min_checkpoint, images, tmp_path, capsys):
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(tree_min_checkpoint), "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["decode"] == "tree" and data["metrics"]["consistency"] == 1.0
+    assert main(["predict", "--checkpoint", str(tree_min_checkpoint), str(images[0]), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "person0_part.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_decoding_that_does_not_fit_the_loss_is_one_line_exit_2(checkpoint, tree_min_checkpoint, images, tmp_path,
+                                                                 capsys, command):
+    for path, decode, loss, fits in [(tree_min_checkpoint, "consistent", "tree_min", "independent or tree"),
+                                     (checkpoint, "tree", "softmax", "independent or consistent")]:
+        extra = [str(images[0]), "--out", str(tmp_path / "out")] if command == "predict" else []
+        assert main([command, "--checkpoint", str(path), "--decode", decode, *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error == (f"hierparse: error: decode {decode!r} does not fit a model trained with loss {loss!r}; "
+                         f"use {fits}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_writes_levels_raw_ids_and_figure(checkpoint, images, tmp_path, capsys):

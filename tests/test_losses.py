@@ -1,11 +1,14 @@
 """HierarchicalLoss: upsampling, level selection for flat models, weights, bad input."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import hierparse
 from hierparse import HierarchicalLoss
+from hierparse.losses import OHEM
 
 
 def reference(logits, labels, table, level_weights, class_weights):
@@ -57,6 +60,45 @@ def test_bad_input():
         HierarchicalLoss("lip")([torch.randn(1, 2, 4, 4)] * 2, torch.zeros(1, 4, 4, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("focal_gamma", [0.0, 2.0])
+def test_tree_min_matches_the_reference_on_upsampled_logits_with_the_hierarchy_tree(focal_gamma):
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 20, (2, 16, 16), generator=g, dtype=torch.uint8)
+    labels[:, :2] = 255
+    logits = [torch.randn(2, c, 4 * 2**i, 4 * 2**i, generator=g, requires_grad=True) for i, c in enumerate(h.num_classes)]
+    got = HierarchicalLoss(h, loss="tree_min", focal_gamma=focal_gamma, level_weights="fine")(logits, labels)
+    # the tree written out by hand from lip.yaml (classes in file order): background continued down,
+    # then head (4 parts), torso (6), arms (3), legs (6) under person
+    part_region = [0] + [1] * 4 + [2] * 6 + [3] * 3 + [4] * 6
+    region_person = [0, 1, 1, 1, 1]
+    assert h.parents(2) == part_region and h.parents(1) == region_person
+    upsampled = [F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False) for x in logits]
+    want = hierparse.ops.reference.tree_min_loss(upsampled, labels, h.label_table(), [region_person, part_region],
+                                                 focal_gamma=focal_gamma, level_weights=[0.25, 0.5, 1.0])
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), logits), torch.autograd.grad(want.sum(), logits)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(loss="hinge"), "loss must be one of softmax, tree_min, got 'hinge'"),
+    (dict(loss="tree_min", ohem=OHEM()), "ohem: for loss softmax only, not tree_min"),
+    (dict(loss="tree_min", label_smoothing=0.1), "label_smoothing: for loss softmax only"),
+    (dict(loss="tree_min", class_weights=[None, None, [1.0] * 20]), "class_weights: for loss softmax only"),
+    (dict(focal_gamma=1.0), "applies to loss tree_min only"),
+    (dict(loss="tree_min", focal_gamma=-1.0), "focal_gamma must be >= 0"),
+])
+def test_tree_min_bad_options(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        HierarchicalLoss("lip", **options)
+
+
+def test_tree_min_needs_every_level():
+    with pytest.raises(ValueError, match="loss tree_min needs one output per level"):
+        HierarchicalLoss("lip", loss="tree_min")([torch.randn(1, 20, 4, 4)], torch.zeros(1, 4, 4, dtype=torch.uint8))
+
+
 # --------------------------------------------------------------------------- hard-pixel mining
 def ohem_reference(logits, labels, table, threshold, min_kept, class_weights=None):
     """mmsegmentation's OHEMPixelSampler (softmax target probability, sort, threshold), then the mean
@@ -79,7 +121,6 @@ def ohem_reference(logits, labels, table, threshold, min_kept, class_weights=Non
 
 @pytest.mark.parametrize("threshold, min_kept", [(0.7, 4), (0.05, 300), (1.0, 0), (0.3, 10_000)])
 def test_ohem_matches_the_sampler_and_its_gradients(threshold, min_kept):
-    from hierparse.losses import OHEM
 
     h = hierparse.load_hierarchy("lip")
     g = torch.Generator().manual_seed(1)
@@ -96,7 +137,6 @@ def test_ohem_matches_the_sampler_and_its_gradients(threshold, min_kept):
 
 
 def test_ohem_keeps_at_least_min_kept_and_only_hard_pixels():
-    from hierparse.losses import OHEM
 
     g = torch.Generator().manual_seed(2)
     probability = torch.rand(2, 10, 10, generator=g)
@@ -108,7 +148,6 @@ def test_ohem_keeps_at_least_min_kept_and_only_hard_pixels():
 
 
 def test_ohem_level_without_valid_pixels_gives_zero():
-    from hierparse.losses import OHEM
 
     h = hierparse.load_hierarchy("lip")
     labels = torch.full((1, 8, 8), 255, dtype=torch.uint8)
