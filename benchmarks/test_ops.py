@@ -156,3 +156,43 @@ def test_peak_memory_of_a_training_step(impl, tmp_path):
           f"({numbers['gradients'] / 2**20:.1f} MiB)")
     if impl == "fused":
         assert ratio <= 1.05, f"fused step keeps {ratio:.2f}x the gradients' size on top of the inputs"
+
+
+# ------------------------------------------------------------------------------ tree-min loss
+# The same sizes on a tree: part f (0..19) in region f // 4, region 0 under person class 0, the
+# other regions under person class 1.
+REGION_PERSON = [0, 1, 1, 1, 1]
+PART_REGION = [f // 4 for f in range(20)]
+TREE_MIN_ROUNDS = 5  # the reference takes seconds per step (20+ s on 2 loaded cores)
+
+
+def tree_problem(device: str):
+    logits, labels, table = problem(device)
+    parts = torch.arange(20)
+    table[:, :20] = torch.stack([torch.tensor(REGION_PERSON)[parts // 4], parts // 4, parts]).to(device)
+    return logits, labels, table
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tree_min_speedup_interleaved(benchmark, device):
+    """Fused tree-min loss vs its PyTorch reference (masked min/max over ancestors and descendants),
+    forward+backward float32, alternating round by round: the ratio of medians."""
+    benchmark.group = f"tree-min speed-up, interleaved {device}"
+    logits, labels, table = tree_problem(device)
+    parents = [REGION_PERSON, PART_REGION]
+
+    def runner(fn):
+        return synchronized(lambda: torch.autograd.grad(fn(logits, labels, table, parents).sum(), logits), device)
+
+    runs = {"fused": runner(ops.tree_min_loss), "reference": runner(ops.reference.tree_min_loss)}
+    times = {name: [] for name in runs}
+    for round_ in range(TREE_MIN_ROUNDS):
+        for name in (("fused", "reference") if round_ % 2 else ("reference", "fused")):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    fused_s, reference_s = (statistics.median(times[name][1:]) for name in ("fused", "reference"))
+    benchmark.extra_info.update(fused_ms=fused_s * 1e3, reference_ms=reference_s * 1e3, speedup=reference_s / fused_s)
+    print(f"\n{device} tree-min forward+backward: fused {fused_s * 1e3:.1f} ms, reference {reference_s * 1e3:.1f} ms, "
+          f"speed-up {reference_s / fused_s:.1f}x ({N * H * W / fused_s / 1e6:.2f} M pixels/s fused)")
+    benchmark.pedantic(runs["fused"], rounds=3)
