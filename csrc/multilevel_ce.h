@@ -14,11 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define HP_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define HP_HOST_DEVICE inline __attribute__((always_inline))
-#endif
+#include "host_device.h"
 
 namespace hierparse {
 

@@ -16,7 +16,6 @@ TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at
                     "tree_min_loss: got ", parents.size(), " parent indices but levels 1..", L - 1, " have ",
                     num_nodes - plan.levels[0].num_classes, " classes");
   tree.parent.assign(plan.levels[0].num_classes, -1);
-  tree.level.assign(plan.levels[0].num_classes, 0);
   for (int64_t l = 1; l < L; ++l) {
     const LevelPlan& up = plan.levels[l - 1];
     for (int64_t c = 0; c < plan.levels[l].num_classes; ++c) {
@@ -24,9 +23,10 @@ TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at
       TORCH_CHECK_VALUE(p >= 0 && p < up.num_classes, "tree_min_loss: class ", c, " of level ", l, " has parent ", p,
                         ", but level ", l - 1, " has ", up.num_classes, " classes (0..", up.num_classes - 1, ")");
       tree.parent.push_back(static_cast<int32_t>(up.weight_offset + p));
-      tree.level.push_back(static_cast<int32_t>(l));
     }
   }
+  for (const LevelPlan& level : plan.levels) tree.first.push_back(static_cast<int32_t>(level.weight_offset));
+  tree.first.push_back(static_cast<int32_t>(num_nodes));
 
   const at::Tensor table_cpu = plan.table.to(at::kCPU);
   const int32_t* t = table_cpu.data_ptr<int32_t>();

@@ -13,7 +13,7 @@ namespace hierparse {
 struct TreePlan {
   Plan plan;                   // levels, int32 table, shapes, reduction (scales set by the backend)
   std::vector<int32_t> parent;  // per node: its parent node, -1 for the classes of level 0
-  std::vector<int32_t> level;   // per node: its level
+  std::vector<int32_t> first;   // per level: its first node, then the number of nodes (L + 1 entries)
   std::vector<uint8_t> valid;   // per raw id: 1 when no level ignores it
   double focal_gamma = 0;
   at::Tensor grad_weights;  // the losses' incoming gradient as the losses' dtype, or undefined (ones)

@@ -12,6 +12,7 @@ from hierparse import ops
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IGNORE = 255
 TOLERANCE = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-6)}  # (relative, absolute gradient)
 # A hand-made 3-level tree: 2 -> 3 -> 5 classes, raw ids 0..4 are the level-2 classes; raw id 5 is
@@ -28,8 +29,8 @@ def small_table() -> torch.Tensor:
     return table
 
 
-def problem(tree, n=2, h=5, w=7, *, dtype=torch.float64, label_dtype=torch.uint8, ignored=0.15, seed=0):
-    """(logits, labels, table, parents) for the `lip` hierarchy or the small tree."""
+def problem(tree, n=2, h=5, w=7, *, dtype=torch.float64, label_dtype=torch.uint8, ignored=0.15, seed=0, device="cpu"):
+    """(logits, labels, table, parents) for the `lip` hierarchy or the small tree, on `device`."""
     g = torch.Generator().manual_seed(seed)
     if tree == "lip":
         hierarchy = hierparse.load_hierarchy("lip")
@@ -40,8 +41,8 @@ def problem(tree, n=2, h=5, w=7, *, dtype=torch.float64, label_dtype=torch.uint8
         classes, table, parents = [2, 3, 5], small_table(), SMALL_PARENTS
         labels = torch.randint(0, 6, (n, h, w), generator=g)
     labels[torch.rand(n, h, w, generator=g) < ignored] = IGNORE
-    logits = [(torch.randn(n, c, h, w, generator=g) * 3).to(dtype) for c in classes]
-    return logits, labels.to(label_dtype), table, parents
+    logits = [(torch.randn(n, c, h, w, generator=g) * 3).to(device, dtype) for c in classes]
+    return logits, labels.to(device, label_dtype), table.to(device), parents
 
 
 def check_against_reference(logits, labels, table, parents, **options):
@@ -61,25 +62,29 @@ def check_against_reference(logits, labels, table, parents, **options):
             torch.testing.assert_close(g, r, rtol=rtol, atol=grad_atol * max(1.0, r.abs().max().item()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tree", ["lip", "small"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("focal_gamma,level_weights", [(0.0, None), (2.0, [0.5, 1.0, 2.0])])
-def test_matches_reference(tree, dtype, reduction, focal_gamma, level_weights):
-    logits, labels, table, parents = problem(tree, dtype=dtype)
+def test_matches_reference(device, tree, dtype, reduction, focal_gamma, level_weights):
+    logits, labels, table, parents = problem(tree, dtype=dtype, device=device)
     check_against_reference(logits, labels, table, parents, reduction=reduction, focal_gamma=focal_gamma,
                             level_weights=level_weights)
 
 
-@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
-def test_any_integer_label_dtype(label_dtype):
-    logits, labels, table, parents = problem("lip", label_dtype=label_dtype, seed=1)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_any_integer_label_dtype(device, label_dtype):
+    ignored = 0.0 if label_dtype == torch.int8 else 0.15  # int8 cannot hold the ignored id 255
+    logits, labels, table, parents = problem("lip", label_dtype=label_dtype, ignored=ignored, seed=1, device=device)
     check_against_reference(logits, labels, table, parents, focal_gamma=2.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_non_contiguous_logits(layout):
-    logits, labels, table, parents = problem("lip", h=6, w=8, seed=2)
+def test_non_contiguous_logits(device, layout):
+    logits, labels, table, parents = problem("lip", h=6, w=8, seed=2, device=device)
     if layout == "channels_last":
         logits = [x.contiguous(memory_format=torch.channels_last) for x in logits]
     else:
@@ -89,9 +94,10 @@ def test_non_contiguous_logits(layout):
         check_against_reference(logits, labels, table, parents, reduction=reduction)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_logits(dtype):
-    logits, labels, table, parents = problem("lip", dtype=dtype, seed=3)
+def test_half_precision_logits(device, dtype):
+    logits, labels, table, parents = problem("lip", dtype=dtype, seed=3, device=device)
     got = ops.tree_min_loss(logits, labels, table, parents, reduction="sum")
     want = ops.reference.tree_min_loss([x.float() for x in logits], labels, table, parents, reduction="sum")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
@@ -101,14 +107,16 @@ def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
-def test_single_pixel_by_hand(gamma):
+def test_single_pixel_by_hand(device, gamma):
     # Tree: A -> {a1, a2}, B -> {b1}; the pixel is a2, so A and a2 are positive, B, a1, b1 negative.
-    table = torch.tensor([[0, 0, 1], [0, 1, 2]])
+    table = torch.tensor([[0, 0, 1], [0, 1, 2]], device=device)
     x_a, x_b, x_a1, x_a2, x_b1 = 0.2, -0.5, 2.0, 0.9, 0.4
-    logits = [torch.tensor([x_a, x_b], dtype=torch.float64).view(1, 2, 1, 1).requires_grad_(True),
-              torch.tensor([x_a1, x_a2, x_b1], dtype=torch.float64).view(1, 3, 1, 1).requires_grad_(True)]
-    labels = torch.tensor([[[1]]], dtype=torch.uint8)
+    logits = [torch.tensor([x_a, x_b], dtype=torch.float64, device=device).view(1, 2, 1, 1).requires_grad_(True),
+              torch.tensor([x_a1, x_a2, x_b1], dtype=torch.float64, device=device).view(1, 3, 1, 1)
+              .requires_grad_(True)]
+    labels = torch.tensor([[[1]]], dtype=torch.uint8, device=device)
 
     def positive(m):  # -(1 - s)^g log(s) of s = sigmoid(min logit)
         return -((1 - sigmoid(m)) ** gamma) * math.log(sigmoid(m))
@@ -135,8 +143,9 @@ def test_single_pixel_by_hand(gamma):
                                                         abs=1e-15)
 
 
-def test_all_pixels_ignored_give_zero_and_zero_gradient():
-    logits, labels, table, parents = problem("small")
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_pixels_ignored_give_zero_and_zero_gradient(device):
+    logits, labels, table, parents = problem("small", device=device)
     labels[..., ::2] = 5  # ignored at level 2 only
     labels[..., 1::2] = IGNORE
     leaves = [x.requires_grad_(True) for x in logits]
@@ -147,8 +156,9 @@ def test_all_pixels_ignored_give_zero_and_zero_gradient():
         assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
-def test_gradcheck_float64():
-    logits, labels, table, parents = problem("small", n=1, h=2, w=2, ignored=0.25, seed=4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    logits, labels, table, parents = problem("small", n=1, h=2, w=2, ignored=0.25, seed=4, device=device)
     logits = [x.requires_grad_(True) for x in logits]
     for reduction in ("mean", "sum", "none"):
         def fn(*xs):
@@ -158,20 +168,23 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, logits)
 
 
-def test_opcheck():
-    logits, labels, table, parents = problem("small", n=1, h=3, w=4, dtype=torch.float32, seed=5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    logits, labels, table, parents = problem("small", n=1, h=3, w=4, dtype=torch.float32, seed=5, device=device)
     flat = [p for entry in parents for p in entry]
     for reduction, compute_grad in ((1, False), (0, True), (1, True), (2, True)):
         xs = [x.clone().requires_grad_(compute_grad) for x in logits]
         torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
                               (xs, labels, table, flat, [1.0, 0.5, 2.0], 2.0, IGNORE, reduction, compute_grad))
-    weights = torch.rand(3)
+    weights = torch.rand(3, device=device)
     torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
                           (logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, weights))
 
 
-def test_deterministic_across_thread_counts(assert_same_bits_across_threads):
-    logits, labels, table, parents = problem("lip", n=4, h=64, w=40, dtype=torch.float32, seed=6)  # 3 tasks
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_across_runs_and_thread_counts(device, assert_same_bits_across_threads):
+    logits, labels, table, parents = problem("lip", n=4, h=64, w=40, dtype=torch.float32, seed=6,  # 3 CPU tasks
+                                             device=device)
     leaves = [x.requires_grad_(True) for x in logits]
     assert_same_bits_across_threads(lambda x: ops.tree_min_loss(x, labels, table, parents, focal_gamma=2.0), leaves)
 
@@ -208,8 +221,9 @@ def test_logits_that_do_not_fit_the_table_or_labels():
         table[:2], parents)
 
 
-def test_bad_labels_and_options():
-    logits, labels, table, parents = problem("lip", ignored=0.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_labels_and_options(device):
+    logits, labels, table, parents = problem("lip", ignored=0.0, device=device)
     labels = labels.long()
     labels[0, 0, 0] = 37
     bad("tree_min_loss: labels contain raw id 37 but the table covers 0..19", logits, labels, table[:, :20], parents)
@@ -221,7 +235,34 @@ def test_bad_labels_and_options():
     bad("got 2 level weights for 3 levels", logits, labels, table, parents, level_weights=[1.0, 1.0])
     flat = [p for entry in parents for p in entry]
     with pytest.raises(ValueError, match=r"tree_min_loss: grad_weights must have the losses' shape \[3\], got \[2\]"):
-        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, torch.ones(2))
+        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True,
+                                          torch.ones(2, device=device))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_tensors_on_different_devices():
+    logits, labels, table, parents = problem("small")
+    bad("tree_min_loss: labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table, parents)
+    cuda_logits = [x.cuda() for x in logits]
+    bad("tree_min_loss: table is on cpu but level 0 logits are on cuda:0", cuda_logits, labels.cuda(), table, parents)
+    bad("tree_min_loss: level 1 logits are on cpu but level 0 logits are on cuda:0",
+        [cuda_logits[0], logits[1], cuda_logits[2]], labels.cuda(), table.cuda(), parents)
+    flat = [p for entry in parents for p in entry]
+    with pytest.raises(ValueError, match="tree_min_loss: grad_weights are on cpu but level 0 logits are on cuda:0"):
+        torch.ops.hierparse.tree_min_loss(cuda_logits, labels.cuda(), table.cuda(), flat, [1.0] * 3, 0.0, IGNORE, 1,
+                                          True, torch.ones(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_kernel_bounds_are_clear_errors():
+    labels = torch.zeros(1, 2, 2, dtype=torch.uint8, device="cuda")
+    wide = [torch.randn(1, 1, 2, 2, device="cuda"), torch.randn(1, 300, 2, 2, device="cuda")]  # 301 nodes
+    table = torch.stack([torch.zeros(300, dtype=torch.int64), torch.arange(300)]).cuda()
+    with pytest.raises(NotImplementedError, match="the class tree has 301 nodes .* at most 256"):
+        ops.tree_min_loss(wide, labels, table, [[0] * 300])
+    deep = [torch.randn(1, 1, 2, 2, device="cuda") for _ in range(17)]  # 17 levels of one class
+    with pytest.raises(NotImplementedError, match="got 17 levels, but the CUDA kernel handles at most 16"):
+        ops.tree_min_loss(deep, labels, torch.zeros(17, 1, dtype=torch.int64, device="cuda"), [[0]] * 16)
 
 
 def test_reference_rejects_the_same_bad_input():

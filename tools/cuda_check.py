@@ -2,21 +2,23 @@
 
 Run by `make cuda-check` with the CUDA build of torch (no GPU needed): loads the extension built
 into .venv-cuda/build (or the path given as the first argument) with torch.ops.load_library and
-asserts that every hierparse operator has a CPU and a CUDA kernel, then runs the op once on the
-CPU of this build against F.cross_entropy (and on the GPU too when one is present). Exits non-zero
-otherwise.
+asserts that every hierparse operator has a CPU and a CUDA kernel, then runs each op once on the
+CPU of this build (and on the GPU too when one is present): the cross-entropy against
+F.cross_entropy, the tree-min loss against hierparse/ops/reference.py (pure PyTorch, loaded from
+its file so that the rest of the package, and its build, are not needed). Exits non-zero otherwise.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPERATORS = ["hierparse::multilevel_cross_entropy"]
+OPERATORS = ["hierparse::multilevel_cross_entropy", "hierparse::tree_min_loss"]
 DISPATCH_KEYS = ["CPU", "CUDA"]
 
 
@@ -53,6 +55,49 @@ def smoke_test(device: str) -> str | None:
     return None
 
 
+def load_reference():
+    """hierparse/ops/reference.py as a module of its own (it imports only torch)."""
+    spec = importlib.util.spec_from_file_location("hierparse_reference", os.path.join(ROOT, "hierparse", "ops",
+                                                                                      "reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def smoke_test_tree_min(device: str) -> str | None:
+    """Small calls of tree_min_loss (3 levels, ignored pixels, focal gamma, level weights; "mean" with
+    its fused gradient and "none" with an incoming gradient) against the reference and its autograd."""
+    reference = load_reference()
+    gen = torch.Generator().manual_seed(0)
+    parents = [[0, 0, 1], [0, 1, 1, 2, 2]]
+    table = torch.full((3, 7), 255)
+    table[2, :5] = torch.arange(5)
+    table[1, :5] = torch.tensor(parents[1])
+    table[0, :5] = torch.tensor(parents[0])[table[1, :5]]
+    table[:2, 5] = 0  # raw id 5: ignored at level 2 only, raw id 6 everywhere
+    labels = torch.randint(0, 7, (2, 3, 5), generator=gen, dtype=torch.uint8)
+    logits = [torch.randn(2, c, 3, 5, generator=gen, dtype=torch.float64) * 3 for c in (2, 3, 5)]
+    flat = [p for entry in parents for p in entry]
+    level_weights = [0.5, 1.0, 2.0]
+    for reduction, code in (("mean", 1), ("none", 0)):
+        xs = [x.clone().requires_grad_() for x in logits]
+        expected = reference.tree_min_loss(xs, labels, table, parents, focal_gamma=2.0, level_weights=level_weights,
+                                           reduction=reduction)
+        weights = torch.ones_like(expected) if reduction == "mean" else torch.randn(expected.shape, generator=gen,
+                                                                                    dtype=torch.float64)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), xs)
+        losses, grads = torch.ops.hierparse.tree_min_loss(
+            [x.to(device) for x in logits], labels.to(device), table.to(device), flat, level_weights, 2.0, 255,
+            code, True, None if reduction == "mean" else weights.to(device),
+        )
+        if not torch.allclose(losses.cpu(), expected.detach(), rtol=1e-10, atol=1e-12):
+            return f"tree_min_loss {reduction}: losses {losses.cpu().flatten()[:6].tolist()} differ from the reference"
+        for level, (got, want) in enumerate(zip(grads, expected_grads)):
+            if not torch.allclose(got.cpu(), want, rtol=1e-10, atol=1e-12):
+                return f"tree_min_loss {reduction}: level {level} gradients differ from the reference"
+    return None
+
+
 def main() -> int:
     if torch.version.cuda is None:
         print(f"cuda-check: FAILED: torch {torch.__version__} is not a CUDA build", file=sys.stderr)
@@ -70,7 +115,7 @@ def main() -> int:
         return 1
     checked = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in checked:
-        error = smoke_test(device)
+        error = smoke_test(device) or smoke_test_tree_min(device)
         if error:
             print(f"cuda-check: FAILED: {device} smoke test: {error}", file=sys.stderr)
             return 1

@@ -1,6 +1,7 @@
 // CPU implementation of hierparse::tree_min_loss: argument checks and planning (tree_min_host.h), a
 // pass over the labels for the raw-id range and the number of valid pixels, then threads over rows
-// of pixels, each pixel's class tree walked in O(nodes) with its loss and gradient in one pass.
+// of pixels, each pixel's class tree walked in O(nodes) with its loss and gradient in one pass (the
+// per-pixel math of tree_min.h, which the CUDA kernel runs too).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -8,10 +9,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <numeric>
 #include <vector>
 
+#include "tree_min.h"
 #include "tree_min_host.h"
 
 namespace hierparse {
@@ -20,25 +21,6 @@ namespace {
 // Threads take rows of pixels in runs of at least this many pixels (labels for the first pass).
 constexpr int64_t kPixelsPerTask = 4096;
 constexpr int64_t kLabelsPerTask = 65536;
-
-// f(y) = sigmoid(y)^g softplus(y) and f'(y) = sigmoid(y)^g (g (1 - sigmoid(y)) softplus(y) + sigmoid(y)),
-// stable for any y. A negative term -s^g log(1 - s) of s = sigmoid(x_max) is f(x_max); a positive
-// term -(1 - s)^g log(s) of s = sigmoid(x_min) is f(-x_min), with derivative -f'(-x_min) in x_min.
-template <typename acc_t>
-inline void focal_softplus(acc_t y, acc_t gamma, acc_t& value, acc_t& slope) {
-  const acc_t e = std::exp(-std::abs(y));
-  const acc_t softplus = std::max(y, acc_t(0)) + std::log1p(e);
-  const acc_t s = y >= 0 ? 1 / (1 + e) : e / (1 + e);
-  if (gamma == 0) {
-    value = softplus;
-    slope = s;
-    return;
-  }
-  const acc_t one_minus_s = y >= 0 ? e / (1 + e) : 1 / (1 + e);
-  const acc_t focus = std::pow(s, gamma);
-  value = focus * softplus;
-  slope = focus * (gamma * one_minus_s * softplus + s);
-}
 
 struct LevelArgs {
   const void* logits;
@@ -57,9 +39,10 @@ struct Args {
   std::vector<double> row_sums;  // [L, N * H] summed losses of the valid pixels of each row
 };
 
-// One pixel at a time: x_v for every node v, m_v = min of x over v and its ancestors (top-down,
-// parents come first), M_v = max over v and its descendants (bottom-up), each with the node it came
-// from; node v's term goes to its level's loss and its derivative to that node's gradient.
+// One pixel at a time, with the per-pixel walk of tree_min.h: x_v for every node v, then the min over
+// each node and its ancestors and the max over each node and its descendants (tree_limits), then each
+// node's term, added to its level's loss, and its derivative, added to the gradient of the node the
+// min or max came from (tree_min_terms).
 template <typename scalar_t, typename label_t>
 void run_rows(Args& a, const label_t* labels, bool compute_grad, int64_t row_begin, int64_t row_end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -68,56 +51,29 @@ void run_rows(Args& a, const label_t* labels, bool compute_grad, int64_t row_beg
   const int64_t L = static_cast<int64_t>(plan.levels.size()), V = static_cast<int64_t>(tree.parent.size());
   const int64_t H = plan.H, W = plan.W, rows = plan.N * plan.H;
   const acc_t gamma = static_cast<acc_t>(tree.focal_gamma);
-  const int32_t* parent = tree.parent.data();
-  std::vector<acc_t> x(V), lo(V), hi(V), grad(V, acc_t(0)), loss(L), weight(L);
-  std::vector<int32_t> arg_lo(V), arg_hi(V);
-  std::vector<uint8_t> on_path(V, 0);
+  std::vector<acc_t> lo(V), hi(V), grad(V, acc_t(0)), loss(L), weight(L);
+  std::vector<int32_t> arg_lo(V), arg_hi(V), target(L);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / H, h = row % H;
     for (int64_t w = 0; w < W; ++w) {
       const int64_t raw = static_cast<int64_t>(labels[row * W + w]);
       const bool valid = tree.valid[raw] != 0;
       std::fill(loss.begin(), loss.end(), acc_t(0));
-      std::fill(grad.begin(), grad.end(), acc_t(0));
+      if (compute_grad) std::fill(grad.begin(), grad.end(), acc_t(0));
       if (valid) {
         for (int64_t l = 0; l < L; ++l) {
           const LevelArgs& lv = a.levels[l];
           const scalar_t* src = static_cast<const scalar_t*>(lv.logits) + n * lv.xs[0] + h * lv.xs[2] + w * lv.xs[3];
-          acc_t* dst = x.data() + plan.levels[l].weight_offset;
+          acc_t* dst = hi.data() + plan.levels[l].weight_offset;
           for (int64_t c = 0; c < plan.levels[l].num_classes; ++c) dst[c] = static_cast<acc_t>(src[c * lv.xs[1]]);
           weight[l] = static_cast<acc_t>(lv.grad_scale);
           if (a.grad_map != nullptr)
             weight[l] *= static_cast<const acc_t*>(a.grad_map)[l * a.ms[0] + n * a.ms[1] + h * a.ms[2] + w * a.ms[3]];
-          on_path[plan.levels[l].weight_offset + a.table[l * plan.K + raw]] = 1;
+          target[l] = a.table[l * plan.K + raw];
         }
-        for (int64_t v = 0; v < V; ++v) {
-          const int32_t p = parent[v];
-          const bool inherit = p >= 0 && lo[p] < x[v];
-          lo[v] = inherit ? lo[p] : x[v];
-          arg_lo[v] = inherit ? arg_lo[p] : static_cast<int32_t>(v);
-          hi[v] = x[v];
-          arg_hi[v] = static_cast<int32_t>(v);
-        }
-        for (int64_t v = V - 1; v >= 0; --v) {
-          const int32_t p = parent[v];
-          if (p >= 0 && hi[v] > hi[p]) {
-            hi[p] = hi[v];
-            arg_hi[p] = arg_hi[v];
-          }
-        }
-        for (int64_t v = 0; v < V; ++v) {
-          const int32_t l = tree.level[v];
-          acc_t value, slope;
-          if (on_path[v]) {
-            focal_softplus(-lo[v], gamma, value, slope);
-            grad[arg_lo[v]] -= slope * weight[l];
-            on_path[v] = 0;
-          } else {
-            focal_softplus(hi[v], gamma, value, slope);
-            grad[arg_hi[v]] += slope * weight[l];
-          }
-          loss[l] += value;
-        }
+        tree_limits(tree.parent.data(), static_cast<int32_t>(V), hi.data(), arg_hi.data(), lo.data(), arg_lo.data());
+        tree_min_terms(static_cast<int32_t>(L), tree.first.data(), target.data(), lo.data(), arg_lo.data(), hi.data(),
+                       arg_hi.data(), gamma, weight.data(), loss.data(), compute_grad ? grad.data() : nullptr);
       }
       for (int64_t l = 0; l < L; ++l) {
         if (a.loss_map != nullptr) {

@@ -3,9 +3,9 @@
 // Same semantics as csrc/cpu/multilevel_ce_cpu.cpp, and the same per-pixel arithmetic: both call
 // the HP_HOST_DEVICE functions of multilevel_ce.h.
 //
-// 1. Label pre-pass (one small kernel): min, max and histogram over 0..K-1 of the raw label ids;
-//    one [K + 2] int64 copy to the host, where check_label_range raises on ids outside the table
-//    (before the main kernel runs) and set_level_scales derives each level's "mean" divisor.
+// 1. Label pre-pass (label_stats of common.cuh): min, max and histogram over 0..K-1 of the raw
+//    label ids; one [K + 2] int64 copy to the host, where check_label_range raises on ids outside
+//    the table (before the main kernel runs) and set_level_scales derives each level's "mean" divisor.
 // 2. Main kernel, one thread per pixel (grid-stride, 64-bit indices). Consecutive threads take
 //    consecutive w, so NCHW logits are read coalesced; any strides (channels_last) are honoured.
 //    Each pixel's raw label is read once and looked up for every level of the launch (up to
@@ -13,11 +13,11 @@
 //    pass 1 max over classes, pass 2 exp-sum (and the weighted d-sum with label smoothing), pass 3
 //    the loss and, when asked, the gradients. Passes 2 and 3 re-read the pixel's logits, which
 //    the first pass has just brought into L1/L2.
-// 3. Loss sums are deterministic: each thread accumulates its pixels in double, each block reduces
-//    its threads in a fixed tree into a [L, blocks] buffer (no floating-point atomics), and a
-//    second tiny kernel sums each level's row in a fixed order and multiplies by loss_scale. The
-//    grid size depends only on the device and the pixel count, so the same inputs on the same
-//    device give bitwise identical losses and gradients.
+// 3. Loss sums are deterministic (common.cuh): each thread accumulates its pixels in double, each
+//    block reduces its threads in a fixed tree into a [L, blocks] buffer (no floating-point
+//    atomics), and a second tiny kernel sums each level's row in a fixed order and multiplies by
+//    loss_scale. The grid size depends only on the device and the pixel count, so the same inputs
+//    on the same device give bitwise identical losses and gradients.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -29,116 +29,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.cuh"
 #include "multilevel_ce.h"
 #include "multilevel_ce_host.h"
 
 namespace hierparse {
 namespace {
 
-constexpr int kThreads = 256;    // threads per block of every kernel here (a power of two)
 constexpr int kMaxLevels = 8;    // levels handled by one launch of the main kernel
-constexpr int64_t kMaxSharedHistogram = 8192;  // label bins kept in shared memory (32 KiB)
-
-// ---------------------------------------------------------------------------------------------
-// Label pre-pass.
-
-// Pixel p (0 <= p < N*H*W, in NHW order) of a strided [N, H, W] tensor.
-struct PixelIndex {
-  int64_t HW, W;
-  int64_t s0, s1, s2;  // strides of N, H, W
-  __device__ __forceinline__ int64_t offset(int64_t p) const {
-    const int64_t n = p / HW;
-    const int64_t hw = p - n * HW;
-    const int64_t h = hw / W;
-    const int64_t w = hw - h * W;
-    return n * s0 + h * s1 + w * s2;
-  }
-};
-
-// stats: int64 [K + 2], zero on entry: counts of ids 0..K-1, then min and max of all ids (0 is
-// included in both, as in the CPU backend: only their comparison with 0..K-1 matters).
-template <typename label_t>
-__global__ void __launch_bounds__(kThreads)
-    label_stats_kernel(const label_t* __restrict__ labels, PixelIndex index, int64_t num_pixels,
-                       int64_t K, bool shared_histogram, unsigned long long* __restrict__ counts,
-                       long long* __restrict__ min_max) {
-  extern __shared__ unsigned int histogram[];  // K bins when shared_histogram
-  __shared__ long long block_min[kThreads];
-  __shared__ long long block_max[kThreads];
-  const int tid = threadIdx.x;
-  if (shared_histogram) {
-    for (int64_t k = tid; k < K; k += kThreads) histogram[k] = 0;
-    __syncthreads();
-  }
-  long long lo = 0, hi = 0;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < num_pixels; p += stride) {
-    const long long id = static_cast<long long>(labels[index.offset(p)]);
-    lo = id < lo ? id : lo;
-    hi = id > hi ? id : hi;
-    if (id >= 0 && id < K) {
-      if (shared_histogram) {
-        atomicAdd(&histogram[id], 1u);
-      } else {
-        atomicAdd(&counts[id], 1ull);
-      }
-    }
-  }
-  block_min[tid] = lo;
-  block_max[tid] = hi;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) {
-      block_min[tid] = block_min[tid + s] < block_min[tid] ? block_min[tid + s] : block_min[tid];
-      block_max[tid] = block_max[tid + s] > block_max[tid] ? block_max[tid + s] : block_max[tid];
-    }
-    __syncthreads();
-  }
-  if (tid == 0) {
-    atomicMin(&min_max[0], block_min[0]);  // integer atomics: the result does not depend on order
-    atomicMax(&min_max[1], block_max[0]);
-  }
-  if (shared_histogram) {
-    for (int64_t k = tid; k < K; k += kThreads) {
-      if (histogram[k] != 0) atomicAdd(&counts[k], static_cast<unsigned long long>(histogram[k]));
-    }
-  }
-}
-
-// Blocks for a grid-stride loop over num_pixels: as many as fit on the device at once (the
-// occupancy of `kernel`), fewer for small inputs. It depends only on the device, the kernel and
-// the pixel count, so results (block sums) are reproducible on the same device.
-template <typename Kernel>
-int64_t grid_size(Kernel kernel, int64_t num_pixels, size_t shared_bytes) {
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, shared_bytes));
-  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  const int64_t max_blocks = static_cast<int64_t>(props->multiProcessorCount) * std::max(blocks_per_sm, 1);
-  const int64_t needed = (num_pixels + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min(needed, max_blocks));
-}
-
-// Runs the pre-pass and returns the CPU int64 tensor [K + 2] (counts, min, max); synchronises.
-at::Tensor label_stats(const at::Tensor& labels, int64_t K) {
-  at::Tensor stats = at::zeros({K + 2}, labels.options().dtype(at::kLong));
-  const int64_t num_pixels = labels.numel();
-  if (num_pixels > 0) {
-    const PixelIndex index{labels.size(1) * labels.size(2), labels.size(2), labels.stride(0),
-                           labels.stride(1), labels.stride(2)};
-    const bool shared_histogram = K <= kMaxSharedHistogram;
-    const size_t shared_bytes = shared_histogram ? static_cast<size_t>(K) * sizeof(unsigned int) : 0;
-    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    auto* counts = reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>());
-    auto* min_max = reinterpret_cast<long long*>(stats.data_ptr<int64_t>() + K);
-    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_label_stats_cuda", [&] {
-      const int64_t blocks = grid_size(label_stats_kernel<scalar_t>, num_pixels, shared_bytes);
-      label_stats_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, shared_bytes, stream>>>(
-          labels.const_data_ptr<scalar_t>(), index, num_pixels, K, shared_histogram, counts, min_max);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  return stats.cpu();  // waits for the kernel on the current stream
-}
 
 // ---------------------------------------------------------------------------------------------
 // Main kernel.
@@ -231,39 +129,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   if (args.block_sums == nullptr) return;  // uniform over the grid: no divergent barrier below
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {  // fixed tree: deterministic
-    if (tid < s) {
-      for (int l = 0; l < L; ++l) thread_sums[l][tid] += thread_sums[l][tid + s];
-    }
-    __syncthreads();
-  }
-  if (tid < L) args.block_sums[static_cast<int64_t>(tid) * gridDim.x + blockIdx.x] = thread_sums[tid][0];
-}
-
-// The loss scales of up to kMaxLevels levels, passed by value.
-struct LossScales {
-  double value[kMaxLevels];
-};
-
-// One block per level l of a launch: losses[l] = scales[l] * sum of block_sums[l, :], summed in a
-// fixed order.
-template <typename loss_t>
-__global__ void __launch_bounds__(kThreads)
-    sum_levels_kernel(const double* __restrict__ block_sums, int64_t num_blocks,
-                      const __grid_constant__ LossScales scales, loss_t* __restrict__ losses) {
-  __shared__ double partial[kThreads];
-  const int tid = threadIdx.x;
-  const int l = blockIdx.x;
-  double total = 0;
-  for (int64_t b = tid; b < num_blocks; b += kThreads) total += block_sums[l * num_blocks + b];
-  partial[tid] = total;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) partial[tid] += partial[tid + s];
-    __syncthreads();
-  }
-  if (tid == 0) losses[l] = static_cast<loss_t>(partial[0] * scales.value[l]);
+  write_block_sums(&thread_sums[0][0], L, args.block_sums);
 }
 
 template <typename scalar_t, typename acc_t, typename label_t>
@@ -313,15 +179,9 @@ void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& la
   }
 
   if (per_pixel) return;
-  for (int64_t first = 0; first < L; first += kMaxLevels) {
-    const int64_t count = std::min<int64_t>(kMaxLevels, L - first);
-    LossScales scales{};
-    for (int64_t i = 0; i < count; ++i) scales.value[i] = plan.levels[first + i].loss_scale;
-    sum_levels_kernel<acc_t><<<static_cast<unsigned int>(count), kThreads, 0, stream>>>(
-        block_sums.const_data_ptr<double>() + first * blocks, blocks, scales,
-        losses.data_ptr<acc_t>() + first);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  std::vector<double> scales;
+  for (const LevelPlan& level : plan.levels) scales.push_back(level.loss_scale);
+  sum_level_blocks(block_sums, scales, losses);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(

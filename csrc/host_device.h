@@ -1,0 +1,9 @@
+// HP_HOST_DEVICE marks the per-pixel functions that the CPU and CUDA kernels share (multilevel_ce.h,
+// tree_min.h): host and device functions under nvcc, always-inlined host functions otherwise.
+#pragma once
+
+#if defined(__CUDACC__)
+#define HP_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HP_HOST_DEVICE inline __attribute__((always_inline))
+#endif
