@@ -18,8 +18,8 @@ from hierparse.losses import LOSSES, OHEM, check_decode, check_loss_options
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
 from hierparse.predict import DECODE_MODES
 
-# The no-argument run: the light stacked PSP model on synthetic LIP-like people, 6.5 minutes measured on
-# a 2-core Zen 4 CPU including evaluation, part mIoU 33 (README "Train, evaluate, predict").
+# The no-argument run: the light stacked PSP model on synthetic LIP-like people with hard-pixel mining
+# (README "Train, evaluate, predict" has its time and scores).
 DEFAULTS: dict[str, Any] = {
     # data
     "hierarchy": "lip",               # built-in name or YAML file
@@ -50,7 +50,8 @@ DEFAULTS: dict[str, Any] = {
                                       # half the next finer one ([0.25, 0.5, 1] for three levels)
     "class_weights": None,            # per level: a list of per-class weights or null
     "label_smoothing": 0.0,
-    "ohem": None,                     # hard-pixel mining per level: {threshold: 0.7, min_kept: 100000}; null: off
+    "ohem": {"threshold": 0.7, "min_kept": 3000},  # hard-pixel mining per level (softmax); null: off.
+                                      # 3000 of a 128x128 crop's pixels: mmseg's Cityscapes fraction
     # solver
     "optimizer": "adamw",             # adamw or sgd (momentum)
     "lr": 0.004,

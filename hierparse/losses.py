@@ -39,7 +39,8 @@ def check_loss_options(loss: str, *, focal_gamma: float = 0.0, class_weights: An
         unused = [name for name, value in (("class_weights", class_weights), ("label_smoothing", label_smoothing),
                                            ("ohem", ohem)) if value]
         if unused:
-            raise ValueError(f"{' and '.join(unused)}: for loss softmax only, not tree_min")
+            hint = "; set ohem null (it is on by default)" if "ohem" in unused else ""
+            raise ValueError(f"{' and '.join(unused)}: for loss softmax only, not tree_min{hint}")
 
 
 def fine_level_weights(num_levels: int) -> list[float]:

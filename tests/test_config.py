@@ -55,15 +55,15 @@ def test_file_then_command_line(tmp_path):
     (["weight_decay", "-1"], "config key 'weight_decay' must not be negative"),
     (["eval_size", "8"], "config key 'eval_size' must be at least 16 or null"),
     (["loss", "bce"], "config key 'loss' must be one of softmax, tree_min; got 'bce'"),
-    (["loss", "tree_min", "decode", "consistent"],
+    (["loss", "tree_min", "ohem", "null", "decode", "consistent"],
      "decode 'consistent' does not fit a model trained with loss 'tree_min'; use independent or tree"),
     (["decode", "tree"], "decode 'tree' does not fit a model trained with loss 'softmax'; use independent or consistent"),
-    (["loss", "tree_min", "stacked", "false"], "loss tree_min scores every level of the class tree; it needs stacked: true"),
-    (["loss", "tree_min", "ohem", "{min_kept: 10}"], "ohem: for loss softmax only, not tree_min"),
-    (["loss", "tree_min", "label_smoothing", "0.1", "class_weights", "[null, null, null]"],
+    (["loss", "tree_min", "ohem", "null", "decode", "tree", "stacked", "false"], "loss tree_min scores every level of the class tree; it needs stacked: true"),
+    (["loss", "tree_min", "decode", "tree"], "ohem: for loss softmax only, not tree_min; set ohem null (it is on by default)"),
+    (["loss", "tree_min", "ohem", "null", "label_smoothing", "0.1", "class_weights", "[null, null, null]"],
      "class_weights and label_smoothing: for loss softmax only, not tree_min"),
     (["focal_gamma", "2"], "focal_gamma must be >= 0 and applies to loss tree_min only, got 2.0 with loss 'softmax'"),
-    (["loss", "tree_min", "focal_gamma", "-1"], "config key 'focal_gamma' must not be negative"),
+    (["loss", "tree_min", "ohem", "null", "focal_gamma", "-1"], "config key 'focal_gamma' must not be negative"),
 ])
 def test_bad_overrides_are_one_line_errors(tokens, message):
     with pytest.raises(ValueError) as error:

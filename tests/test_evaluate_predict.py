@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tree_min_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("tree_min_run")
-    assert main(["train", *TINY, "loss", "tree_min", "decode", "tree", "out", str(out)]) == 0
+    assert main(["train", *TINY, "loss", "tree_min", "ohem", "null", "decode", "tree", "out", str(out)]) == 0
     return out / "last.pt"
 
 
