@@ -155,9 +155,8 @@ void run_tile_typed(const KernelArgs& args, int64_t tile, const int32_t* raw, vo
   const int64_t P = args.W - w0 < kTile ? args.W - w0 : kTile;
   const int64_t n = row / args.H, h = row % args.H;
   for (int64_t l = 0; l < args.num_levels; ++l) {
-    S* loss_out = args.loss_map ? static_cast<S*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
-                                : nullptr;
     const LevelArgs& a = args.levels[l];
+    S* loss_out = a.loss_map ? static_cast<S*>(a.loss_map) + row * args.W + w0 : nullptr;
     V* buf = static_cast<V*>(scratch);
     args.tile_sums[l * args.num_tiles + tile] =
         a.grad ? level_tile<scalar_t, V, true>(args, a, n, h, w0, P, raw, buf, loss_out)
