@@ -339,6 +339,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   std::vector<double> tile_sums(args.num_levels * args.num_tiles, 0.0);
   args.tile_sums = tile_sums.data();
   args.streaming_stores = grad_bytes >= kStreamingBytes;
+  args.prefetch_logits = true;
 
   // Units of low-resolution rows for the smaller levels (see cpu::kUnitRows).
   const at::ScalarType compute_type = plan.loss_dtype;

@@ -36,6 +36,7 @@ struct KernelArgs {
   double label_smoothing;
   double* tile_sums;       // [L, num_tiles] per-tile loss sums (summed in a fixed order later)
   bool streaming_stores;   // write gradients with non-temporal stores (too large for the caches)
+  bool prefetch_logits;    // prefetch the logits into L2 ahead of pass 1 (not for tiles already in the caches)
 };
 
 // Bytes of scratch memory per class that run_tile needs (64-byte aligned).

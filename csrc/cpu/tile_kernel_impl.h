@@ -94,7 +94,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
         const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1)  // address arithmetic on integers: it may point past the logits (harmless)
+        if (xw == 1 && args.prefetch_logits)  // address arithmetic on integers: it may point past the logits
           __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(xc) +
                                                            (kPrefetchPixels + b * kLanes) * sizeof(scalar_t)),
                              0, 2);

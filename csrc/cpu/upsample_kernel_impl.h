@@ -72,14 +72,12 @@ void scatter_columns(const S* grad, const GradientBand& band, int64_t C, int64_t
     const S* g = grad + c * W;
     for (int64_t b = 0, j0 = 0; j0 < w; ++b, j0 += kBandInputs) {
       const int64_t row = band.offset[b], rows = band.offset[b + 1] - row, x = band.first[b];
-      Lanes even{}, odd{};  // two chains of additions: columns x + 2i and x + 2i + 1
+      Lanes sums[4] = {};  // four chains of additions (columns x + i with i % 4 = 0, 1, 2, 3): no waiting
       int64_t i = 0;
-      for (; i + 1 < rows; i += 2) {
-        even += g[x + i] * weight_row(row + i);
-        odd += g[x + i + 1] * weight_row(row + i + 1);
-      }
-      if (i < rows) even += g[x + i] * weight_row(row + i);
-      const Lanes sum = even + odd;
+      for (; i + 3 < rows; i += 4)
+        for (int k = 0; k < 4; ++k) sums[k] += g[x + i + k] * weight_row(row + i + k);
+      for (; i < rows; ++i) sums[i % 4] += g[x + i] * weight_row(row + i);
+      const Lanes sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
       S* o = out + c * w + j0;
       for (int64_t k = 0; k < kBandInputs && j0 + k < w; ++k) o[k] += sum[k];
     }
@@ -115,12 +113,14 @@ void run_unit_typed(const KernelArgs& args, const UpsampleGroup& g, int64_t unit
   S* source_rows = static_cast<S*>(s.source_rows);
   scalar_t* tile_grads = static_cast<scalar_t*>(s.grads);
   KernelArgs tile_args = args;
-  tile_args.streaming_stores = false;  // the tile's gradients stay in the caches
-  for (int64_t k = 0; k < g.num_levels; ++k)
-    if (kWithGrad) {
+  tile_args.streaming_stores = false;  // the tile's logits and gradients stay in the caches
+  tile_args.prefetch_logits = false;
+  if (kWithGrad) {
+    for (int64_t k = 0; k < g.num_levels; ++k) {
       S* u = static_cast<S*>(s.levels[k].unit_grads);
       for (int64_t i = 0, end = (r1 - r0 + 1) * g.levels[k].C * w; i < end; ++i) u[i] = S(0);
     }
+  }
 
   for (int64_t y = g.rows.begin0[r0]; y < g.rows.begin0[r1]; ++y) {  // the rows whose upper source is in the unit
     load_labels(labels, (n * H + y) * W, W, s.raw);
