@@ -42,10 +42,10 @@ struct KernelArgs {
 // Bytes of scratch memory per class that run_tile needs (64-byte aligned).
 constexpr int64_t kScratchBytesPerClass = 256;  // two blocks: 2 * HP_BLOCK_VECTORS * HP_VECTOR_BYTES
 
-// Levels whose logits are smaller than the labels (h x w < H x W) are upsampled on the fly, as
-// ATen's upsample_bilinear2d does, one unit of work at a time: a unit is up to kUnitRows
-// low-resolution rows [r0, r1) of one image and handles the full-resolution rows whose upper source
-// row lies in it. It writes the gradient rows r0 + 1 .. r1 - 1 and row r0 (its own part), and keeps
+// Levels whose logits are smaller than the labels (h <= H, w <= W, not both equal) are upsampled
+// on the fly, as ATen's upsample_bilinear2d does, one unit of work at a time: a unit is up to
+// kUnitRows low-resolution rows [r0, r1) of one image and handles the full-resolution rows whose
+// upper source row lies in it. It writes the gradient rows r0 + 1 .. r1 - 1 and row r0 (its own part), and keeps
 // its part of row r1 (the first row of the next unit) as a "halo"; join_unit adds that into the next
 // unit's first row once all units are done. Every sum thus has an order fixed by the sizes alone.
 constexpr int64_t kUnitRows = 16;
@@ -112,7 +112,7 @@ constexpr int64_t kSourcePadding = 32;
 struct UnitScratch {
   UnitLevelState* levels;  // one per level of the group
   int32_t* raw;            // one row of labels
-  void* source_rows;       // [C_max, w + kSourcePadding] a row of low-resolution logits in the compute type
+  void* source_rows;       // [C_max, w + kSourcePadding] one low-resolution row per class, compute type
   void* logits;            // [C_max, kTile] interpolated logits of one tile, in the logits' type
   void* grads;             // [C_max, kTile] their gradients
   void* blocks;            // the tile kernel's scratch
