@@ -19,7 +19,8 @@ void check_label_range(int64_t min_label, int64_t max_label, int64_t K, const ch
 }
 
 Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
-                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction) {
+                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction,
+                 bool smaller_logits) {
   const int64_t L = static_cast<int64_t>(logits.size());
   TORCH_CHECK_VALUE(L >= 1, op, ": expected at least one level of logits");
   TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
@@ -63,12 +64,23 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
                       x.scalar_type(), " but level 0 logits are ", dtype);
     TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
                       op, ": logits must be float32, float64, float16 or bfloat16, got ", dtype);
-    TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == plan.N && x.size(2) == plan.H && x.size(3) == plan.W,
-                      op, ": level ", l, " logits are ", sizes_str(x),
-                      " but labels are ", sizes_str(labels), " (expected [N, C, H, W] with the labels' N, H, W)");
+    if (smaller_logits) {
+      const bool fits = x.dim() == 4 && x.size(0) == plan.N &&
+                        ((x.size(2) == plan.H && x.size(3) == plan.W) ||
+                         (x.size(2) >= 1 && x.size(3) >= 1 && x.size(2) <= plan.H && x.size(3) <= plan.W));
+      TORCH_CHECK_VALUE(fits, op, ": level ", l, " logits are ", sizes_str(x), " but labels are ", sizes_str(labels),
+                        " (expected [N, C, h, w] with the labels' N and 1 <= h <= H, 1 <= w <= W: logits smaller "
+                        "than the labels are upsampled bilinearly)");
+    } else {
+      TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) == plan.N && x.size(2) == plan.H && x.size(3) == plan.W,
+                        op, ": level ", l, " logits are ", sizes_str(x),
+                        " but labels are ", sizes_str(labels), " (expected [N, C, H, W] with the labels' N, H, W)");
+    }
     TORCH_CHECK_VALUE(x.size(1) >= 1, op, ": level ", l, " logits have no class");
     LevelPlan level;
     level.num_classes = x.size(1);
+    level.h = x.size(2);
+    level.w = x.size(3);
     level.weight_offset = offset;
     level.level_weight = level_weights[l];
     offset += level.num_classes;
@@ -97,11 +109,13 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
 Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                         const c10::optional<at::Tensor>& class_weights,
                         at::ArrayRef<double> level_weights, double label_smoothing,
-                        int64_t ignore_index, int64_t reduction) {
+                        int64_t ignore_index, int64_t reduction, bool align_corners) {
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
                     "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
-  Plan plan = plan_levels("multilevel_cross_entropy", logits, labels, table, level_weights, ignore_index, reduction);
+  Plan plan = plan_levels("multilevel_cross_entropy", logits, labels, table, level_weights, ignore_index, reduction,
+                          /*smaller_logits=*/true);
   plan.label_smoothing = label_smoothing;
+  plan.align_corners = align_corners;
   const at::Device device = logits[0].device();
   const int64_t total_classes = plan.levels.back().weight_offset + plan.levels.back().num_classes;
 
@@ -123,6 +137,28 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
     for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);
   }
   return plan;
+}
+
+at::Tensor checked_pixel_grad_weights(const Plan& plan, const c10::optional<at::Tensor>& grad_weights,
+                                      at::Device device) {
+  if (!grad_weights.has_value() || !grad_weights->defined()) return at::Tensor();
+  const at::Tensor& g = *grad_weights;
+  TORCH_CHECK_VALUE(plan.reduction == Reduction::None,
+                    "multilevel_cross_entropy: grad_weights are for reduction \"none\" only");
+  const std::vector<int64_t> shape{static_cast<int64_t>(plan.levels.size()), plan.N, plan.H, plan.W};
+  TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef(shape), "multilevel_cross_entropy: grad_weights must have the "
+                    "losses' shape ", at::IntArrayRef(shape), ", got ", g.sizes());
+  TORCH_CHECK_VALUE(g.device() == device, "multilevel_cross_entropy: grad_weights are on ", g.device(),
+                    " but level 0 logits are on ", device);
+  return g.to(plan.loss_dtype).contiguous();
+}
+
+void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, const at::Tensor& grad_weights) {
+  if (!grad_weights.defined()) return;
+  for (size_t l = 0; l < grads.size(); ++l) {
+    if (plan.levels[l].h != plan.H || plan.levels[l].w != plan.W) continue;
+    grads[l].mul_(grad_weights[l].unsqueeze(1).to(grads[l].scalar_type()));
+  }
 }
 
 void set_level_scales(Plan& plan, const at::Tensor& label_counts) {

@@ -12,6 +12,7 @@ enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
 
 struct LevelPlan {
   int64_t num_classes = 0;
+  int64_t h = 0, w = 0;       // the logits' size: the labels' H, W, or smaller (upsampled in the op)
   int64_t weight_offset = 0;  // index of this level's first class when all levels' classes are packed
   double weight_sum = 0;      // W = sum of this level's class weights
   double level_weight = 1;
@@ -26,20 +27,33 @@ struct Plan {
   int64_t N = 0, H = 0, W = 0, K = 0;
   Reduction reduction = Reduction::Mean;
   double label_smoothing = 0;
+  bool align_corners = false;  // of the bilinear upsampling of levels smaller than the labels
   at::ScalarType loss_dtype = at::kFloat;  // float32, or float64 for float64 logits
 };
 
 // The checks and plan shared by the fused ops (op names the operator in messages): levels of logits
-// against labels and table, the reduction code, the int32 table; no class weights.
+// against labels and table, the reduction code, the int32 table; no class weights. With
+// smaller_logits, a level's logits may be smaller than the labels (at least 1 x 1), else they must
+// have the labels' size.
 Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
-                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction);
+                 at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction,
+                 bool smaller_logits = false);
 
 // Validates every argument and prepares the table and weights; throws c10::Error with a message
 // naming the level and the offending values.
 Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                         const c10::optional<at::Tensor>& class_weights,
                         at::ArrayRef<double> level_weights, double label_smoothing,
-                        int64_t ignore_index, int64_t reduction);
+                        int64_t ignore_index, int64_t reduction, bool align_corners);
+
+// The grad_weights of multilevel_cross_entropy (for reduction "none" only, shaped like the losses),
+// checked and converted to the loss type, contiguous; undefined when not given.
+at::Tensor checked_pixel_grad_weights(const Plan& plan, const c10::optional<at::Tensor>& grad_weights,
+                                      at::Device device);
+
+// Multiplies each level's gradients at the labels' size by its plane of grad_weights [L, N, H, W]
+// (levels upsampled in the op are weighed by their kernel, before the scatter).
+void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, const at::Tensor& grad_weights);
 
 // Raises unless every label id lies in 0..K-1.
 void check_label_range(int64_t min_label, int64_t max_label, int64_t K,

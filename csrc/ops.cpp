@@ -13,11 +13,16 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(hierparse, m) {
   // Remaps raw label ids through `table` to every level and computes each level's softmax
   // cross-entropy; with compute_grad, also writes d(losses)/d(logits) (already scaled) in the same
-  // pass. reduction: 0 none ([L, N, H, W]), 1 mean ([L]), 2 sum ([L]).
+  // pass. reduction: 0 none ([L, N, H, W]), 1 mean ([L]), 2 sum ([L]). A level's logits [N, C, h, w]
+  // may be smaller than the labels [N, H, W]: they are then upsampled inside the op as
+  // F.interpolate(mode="bilinear", align_corners=align_corners) would, and their gradients are
+  // returned at [N, C, h, w]. grad_weights (reduction "none" only, shaped like the losses): the
+  // gradients are those of sum(grad_weights * losses), each pixel weighed before its gradient is
+  // scattered to low resolution.
   m.def(
       "multilevel_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
-      "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad) "
-      "-> (Tensor, Tensor[])");
+      "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad, "
+      "bool align_corners=False, Tensor? grad_weights=None) -> (Tensor, Tensor[])");
   // HSSN's tree-min loss over the class tree whose nodes are the classes of all levels; `parents`
   // holds the parent class of each class of levels 1..L-1, level after level. With compute_grad,
   // also writes d(sum of grad_weights * losses)/d(logits) (grad_weights: ones when None, else

@@ -93,9 +93,10 @@ class OHEM:
 class HierarchicalLoss(nn.Module):
     """Per-level losses of a stacked model's logits against raw uint8 labels.
 
-    Each level's logits are upsampled (bilinear) to the label size, then all levels go through one
-    fused op with the hierarchy's label table: ``loss="softmax"``, the per-level softmax
-    cross-entropy (``hierparse.ops.multilevel_cross_entropy``); ``loss="tree_min"``, HSSN's tree-min
+    All levels go through one fused op with the hierarchy's label table, each level's logits scored
+    as if upsampled (bilinear, ``align_corners=False``) to the label size: ``loss="softmax"``, the
+    per-level softmax cross-entropy (``hierparse.ops.multilevel_cross_entropy``, which upsamples
+    inside the op, so no full-resolution logits are stored); ``loss="tree_min"``, HSSN's tree-min
     loss over the hierarchy's class tree (``hierparse.ops.tree_min_loss``, every level's logits read
     as per-node sigmoid scores, ``focal_gamma`` its focal exponent; it needs one output per level and
     takes no class weights, label smoothing or OHEM). ``forward`` returns the per-level losses ``[L]``
@@ -160,13 +161,13 @@ class HierarchicalLoss(nn.Module):
                 + ("(or give 1 for a flat model)" if self.kind == "softmax" else
                    "(loss tree_min needs one output per level: stacked true)")
             )
-        size = labels.shape[-2:]
-        upsampled = [
-            x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            for x in logits
-        ]
         table = self.table[chosen]
-        if self.kind == "tree_min":
+        if self.kind == "tree_min":  # the tree-min op takes logits at the labels' size only
+            size = labels.shape[-2:]
+            upsampled = [
+                x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                for x in logits
+            ]
             return ops.tree_min_loss(upsampled, labels, table, self.parents, ignore_index=self.hierarchy.ignore_index,
                                      focal_gamma=self.focal_gamma, level_weights=self.level_weights)
         options = dict(
@@ -178,10 +179,10 @@ class HierarchicalLoss(nn.Module):
             label_smoothing=self.label_smoothing,
         )
         if self.ohem is None:
-            return ops.multilevel_cross_entropy(upsampled, labels, table, **options)
-        return self._hard_pixel_losses(upsampled, labels, table, options)
+            return ops.multilevel_cross_entropy(logits, labels, table, **options)
+        return self._hard_pixel_losses(logits, labels, table, options)
 
-    def _hard_pixel_losses(self, logits: list[torch.Tensor], labels: torch.Tensor, table: torch.Tensor,
+    def _hard_pixel_losses(self, logits: Sequence[torch.Tensor], labels: torch.Tensor, table: torch.Tensor,
                            options: dict[str, Any]) -> torch.Tensor:
         """Per level: the mean per-pixel loss over the pixels :class:`OHEM` keeps (0 if none)."""
         with torch.no_grad():  # target probabilities: the plain softmax, from the same fused op

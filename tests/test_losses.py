@@ -35,6 +35,32 @@ def test_matches_upsampled_cross_entropy_per_level():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("ohem", [None, OHEM(0.7, 40)], ids=["mean", "ohem"])
+def test_low_resolution_logits_go_to_the_fused_op_without_interpolate(ohem, monkeypatch):
+    """The softmax loss upsamples inside the fused op: the losses and gradients of F.interpolate
+    followed by the op (the code before), within float32 rounding, and F.interpolate is not called."""
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 20, (2, 45, 37), generator=g, dtype=torch.uint8)
+    labels[:, :4] = 255
+    logits = [torch.randn(2, c, *size, generator=g, requires_grad=True)
+              for c, size in zip(h.num_classes, ((6, 5), (12, 10), (45, 37)))]
+    loss = HierarchicalLoss(h, level_weights="fine", class_weights=[None, torch.rand(5, generator=g) + 0.5, None],
+                            label_smoothing=0.1, ohem=ohem)
+    upsampled = [F.interpolate(x, size=(45, 37), mode="bilinear", align_corners=False) for x in logits]
+    before = loss(upsampled, labels)
+    before_grads = torch.autograd.grad(before.sum(), logits)
+
+    def no_interpolate(*args, **kwargs):
+        raise AssertionError("F.interpolate called")
+
+    monkeypatch.setattr(F, "interpolate", no_interpolate)
+    after = loss(logits, labels)
+    torch.testing.assert_close(after, before)
+    for a, b in zip(torch.autograd.grad(after.sum(), logits), before_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_flat_model_is_scored_on_the_finest_level():
     h = hierparse.load_hierarchy("helen")
     labels = torch.randint(0, 11, (1, 16, 16), dtype=torch.uint8)

@@ -330,7 +330,8 @@ def test_table_entry_beyond_the_level_classes(device):
 
 def test_shape_mismatches():
     logits, labels, table = random_problem(classes=(2, 3), h=6, w=7, num_ids=3)
-    bad(r"level 1 logits are \[2, 3, 6, 6\] but labels are \[2, 6, 7\]", [logits[0], logits[1][..., :6]], labels, table)
+    bad(r"level 1 logits are \[2, 3, 6, 8\] but labels are \[2, 6, 7\]",
+        [logits[0], torch.cat([logits[1], logits[1][..., :1]], 3)], labels, table)
     bad(r"level 0 logits are \[1, 2, 6, 7\]", [logits[0][:1], logits[1]], labels, table)
     bad(r"labels must be \[N, H, W\]", logits, labels[0], table)
     bad(r"table must be \[L, K\] with L = 2 levels of logits, got \[3, 256\]", logits, labels,

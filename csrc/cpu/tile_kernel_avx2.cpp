@@ -1,4 +1,5 @@
-// The tile kernel compiled for AVX2 + FMA (x86-64 with GCC; elsewhere this capability is absent).
+// The tile and upsampling kernels compiled for AVX2 + FMA (x86-64 with GCC; elsewhere this capability
+// is absent).
 #include "cpu/tile_kernel_isa_begin.h"
 
 #if HP_X86_GCC
@@ -8,6 +9,7 @@
 #define HP_VECTOR_BYTES 32
 #define HP_BLOCK_VECTORS 4
 #include "cpu/tile_kernel_impl.h"
+#include "cpu/upsample_kernel_impl.h"
 #pragma GCC pop_options
 #endif
 

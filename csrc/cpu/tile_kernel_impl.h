@@ -94,7 +94,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
         const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1)  // address arithmetic on integers: it may point past the logits (harmless)
+        if (xw == 1 && args.prefetch_logits)  // address arithmetic on integers: it may point past the logits
           __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(xc) +
                                                            (kPrefetchPixels + b * kLanes) * sizeof(scalar_t)),
                              0, 2);
@@ -155,9 +155,8 @@ void run_tile_typed(const KernelArgs& args, int64_t tile, const int32_t* raw, vo
   const int64_t P = args.W - w0 < kTile ? args.W - w0 : kTile;
   const int64_t n = row / args.H, h = row % args.H;
   for (int64_t l = 0; l < args.num_levels; ++l) {
-    S* loss_out = args.loss_map ? static_cast<S*>(args.loss_map) + (l * args.N * args.H + row) * args.W + w0
-                                : nullptr;
     const LevelArgs& a = args.levels[l];
+    S* loss_out = a.loss_map ? static_cast<S*>(a.loss_map) + row * args.W + w0 : nullptr;
     V* buf = static_cast<V*>(scratch);
     args.tile_sums[l * args.num_tiles + tile] =
         a.grad ? level_tile<scalar_t, V, true>(args, a, n, h, w0, P, raw, buf, loss_out)

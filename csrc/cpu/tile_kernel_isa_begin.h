@@ -16,9 +16,9 @@
 #define HP_X86_GCC 1
 // The kernel of namespace `isa`, or none where this build cannot compile it.
 #define HP_CAPABILITY(name, isa) \
-  CpuCapability { name, &isa::run_tile, &isa::fence }
+  CpuCapability { name, &isa::run_tile, &isa::fence, &isa::run_unit, &isa::join_unit }
 #else
 #define HP_X86_GCC 0
 #define HP_CAPABILITY(name, isa) \
-  CpuCapability { name, nullptr, nullptr }
+  CpuCapability { name, nullptr, nullptr, nullptr, nullptr }
 #endif

@@ -187,10 +187,18 @@ void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& la
 std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
     at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
     const c10::optional<at::Tensor>& class_weights, at::ArrayRef<double> level_weights,
-    double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
+    double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad, bool align_corners,
+    const c10::optional<at::Tensor>& grad_weights) {
   // Checks every argument first (all tensors on one device, which is a CUDA device here).
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
-                                 ignore_index, reduction);
+                                 ignore_index, reduction, align_corners);
+  for (size_t l = 0; l < plan.levels.size(); ++l) {
+    TORCH_CHECK(plan.levels[l].h == plan.H && plan.levels[l].w == plan.W,
+                "multilevel_cross_entropy: upsampling inside the op is not implemented on CUDA yet (level ", l,
+                " logits are ", plan.levels[l].h, " x ", plan.levels[l].w, ", labels ", plan.H, " x ", plan.W,
+                "); upsample them with F.interpolate first");
+  }
+  const at::Tensor pixel_grad_weights = checked_pixel_grad_weights(plan, grad_weights, logits[0].device());
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "multilevel_cross_entropy: the CUDA kernel got level 0 logits on ",
                     logits[0].device());
   const c10::cuda::CUDAGuard guard(logits[0].device());
@@ -215,6 +223,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
       launch_levels<logit_t, acc_t, scalar_t>(plan, logits, labels, losses, grads, compute_grad);
     });
   });
+  weigh_full_size_grads(plan, grads, pixel_grad_weights);
   return {losses, grads};
 }
 

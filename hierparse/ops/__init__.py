@@ -1,17 +1,24 @@
 """Fused multi-level losses, PyTorch operators (``torch.ops.hierparse.*``): the cross-entropy
 below and HSSN's tree-min loss (:func:`tree_min_loss`).
 
-For each level ``l`` with logits ``x_l [N, C_l, H, W]`` and raw labels ``r [N, H, W]``::
+For each level ``l`` with logits ``x_l [N, C_l, h_l, w_l]`` and raw labels ``r [N, H, W]``::
 
     y_l      = table[l, r]                                  (raw id -> class, or ignore_index)
-    loss_l   = level_weight_l * F.cross_entropy(x_l, y_l, weight=class_weights[l],
+    u_l      = x_l if (h_l, w_l) == (H, W) else
+               F.interpolate(x_l, size=(H, W), mode="bilinear", align_corners=align_corners)
+    loss_l   = level_weight_l * F.cross_entropy(u_l, y_l, weight=class_weights[l],
                                                  ignore_index=ignore_index,
                                                  label_smoothing=label_smoothing,
                                                  reduction=reduction)
 
 computed for all levels in one pass over the logits, with the labels read as raw ids (never an
-int64 label map). When a gradient is needed the forward pass writes it, already scaled, and the
-backward pass only multiplies it by the incoming gradient (skipped on the CPU when that is 1).
+int64 label map). Logits smaller than the labels are upsampled inside the op (on the CPU; the CUDA
+kernel does not do it yet and raises), so neither the full-resolution logits nor their gradients
+are ever stored; gradients come back at each level's own size. When a gradient is needed the
+forward pass writes it, already scaled, and the backward pass only multiplies it by the incoming
+gradient (skipped on the CPU when that is 1); per-pixel losses (``reduction="none"``) of upsampled
+levels are the exception: each pixel's incoming gradient must weigh it before it is scattered to
+low resolution, so their backward pass runs the kernel again, weighted by the incoming gradient.
 One deliberate difference from PyTorch: with ``reduction="mean"`` a level without any valid
 pixel gives loss 0 and gradient 0 instead of NaN. Results are bitwise deterministic for any thread
 count on one machine; CPUs with different instruction sets (see :func:`cpu_capability`) may
@@ -108,11 +115,14 @@ def multilevel_cross_entropy(
     class_weights: Sequence[torch.Tensor | None] | None = None,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Per-level softmax cross-entropy of ``logits`` (coarse -> fine) against raw ``labels``.
 
     Returns float32 ``[L]`` (float64 for float64 logits), or ``[L, N, H, W]`` per-pixel losses
     for ``reduction="none"``. ``table`` is ``Hierarchy.label_table()`` (on the logits' device).
+    A level's logits may be smaller than the labels (``[N, C, h, w]``, ``h <= H``, ``w <= W``):
+    they are scored as if upsampled by ``F.interpolate(mode="bilinear", align_corners=align_corners)``.
     """
     logits = list(logits)
     if reduction not in _REDUCTION_CODES:
@@ -128,8 +138,13 @@ def multilevel_cross_entropy(
             class_weights=class_weights,
             label_smoothing=label_smoothing,
             reduction=reduction,
+            align_corners=align_corners,
         )
-    compute_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
+    # Per-pixel losses of levels upsampled in the op get their gradients in the backward pass (the
+    # op runs again, weighing each pixel by its incoming gradient), not here.
+    upsampled = any(x.shape[-2:] != labels.shape[-2:] for x in logits)
+    compute_grad = (torch.is_grad_enabled() and any(x.requires_grad for x in logits)
+                    and not (reduction == "none" and upsampled))
     losses, _ = torch.ops.hierparse.multilevel_cross_entropy(
         logits,
         labels,
@@ -140,6 +155,7 @@ def multilevel_cross_entropy(
         int(ignore_index),
         _REDUCTION_CODES[reduction],
         compute_grad,
+        bool(align_corners),
     )
     return losses
 
@@ -206,13 +222,13 @@ if HAS_EXTENSION:
         dtype = torch.float64 if logits[0].dtype == torch.float64 else torch.float32
         shape = (len(logits), *labels.shape) if reduction == _REDUCTION_CODES["none"] else (len(logits),)
         losses = logits[0].new_empty(shape, dtype=dtype)
-        grads = [torch.empty_like(x) for x in logits] if compute_grad else []
+        grads = [torch.empty_like(x) for x in logits] if compute_grad else []  # at each level's own size
         return losses, grads
 
     @torch.library.register_fake("hierparse::multilevel_cross_entropy")
     def _multilevel_cross_entropy_fake(
         logits, labels, table, class_weights, level_weights, label_smoothing, ignore_index, reduction,
-        compute_grad,
+        compute_grad, align_corners=False, grad_weights=None,
     ):
         return _fake_outputs(logits, labels, reduction, compute_grad)
 
@@ -230,19 +246,25 @@ if HAS_EXTENSION:
 
     def _register_autograd(name: str, *, cross_level: bool) -> None:
         """Autograd of a fused op whose forward pass wrote the gradients of its summed losses, already
-        scaled. Without cross_level each level's gradient is then multiplied by that level's incoming
-        gradient; with it (a level's loss reaches other levels' logits) an incoming gradient other
-        than ones runs the op again with it as grad_weights."""
+        scaled. Each level's gradient is then multiplied by that level's incoming gradient (per pixel
+        for reduction "none"), unless the op has to run again with the incoming gradient as
+        grad_weights (when it is not all ones): with cross_level (a level's loss reaches other levels'
+        logits), or for per-pixel losses of levels upsampled in the op (each pixel's gradient must be
+        weighed before it is scattered to low resolution)."""
         op = getattr(torch.ops.hierparse, name)
 
         def setup_context(ctx, inputs, output):
+            logits, labels, table = inputs[:3]
             ctx.reduction = inputs[7]
             grads = output[1]
             ctx.mark_non_differentiable(*grads)
             ctx.set_materialize_grads(False)  # else autograd fills a logits-sized zero "gradient" per level
-            ctx.num_grads = len(grads)
-            if cross_level:
-                logits, labels, table, *ctx.options = inputs[:8]
+            ctx.num_grads, ctx.num_levels = len(grads), len(logits)
+            upsampled = any(x.shape[-2:] != labels.shape[-2:] for x in logits)
+            ctx.rerun = cross_level or (ctx.reduction == _REDUCTION_CODES["none"] and upsampled)
+            if ctx.rerun:
+                # the arguments before compute_grad, and those between it and grad_weights (the last)
+                ctx.options, ctx.extra = inputs[3:8], inputs[9:-1]
                 ctx.save_for_backward(*grads, labels, table, *logits)
             else:
                 ctx.save_for_backward(*grads)
@@ -251,16 +273,19 @@ if HAS_EXTENSION:
             grads = ctx.saved_tensors[:ctx.num_grads]
             none = [None] * (len(ctx.needs_input_grad) - 1)  # the arguments the op was called with
             if grad_losses is None:  # the losses were not used
-                return [None] * len(grads), *none
-            if not grads:
+                return [None] * ctx.num_levels, *none
+            if ctx.rerun:
+                if grads and _is_one(grad_losses):
+                    logit_grads = list(grads)
+                else:
+                    labels, table, *logits = ctx.saved_tensors[ctx.num_grads:]
+                    _, logit_grads = op(logits, labels, table, *ctx.options, True, *ctx.extra, grad_losses)
+            elif not grads:
                 raise RuntimeError(f"{name} was called with compute_grad=False; no gradient was kept")
-            if ctx.reduction == _REDUCTION_CODES["none"] and not cross_level:
+            elif ctx.reduction == _REDUCTION_CODES["none"] and not cross_level:
                 logit_grads = [g * grad_losses[l].unsqueeze(1).to(g.dtype) for l, g in enumerate(grads)]
             elif _is_one(grad_losses):
                 logit_grads = list(grads)
-            elif cross_level:
-                labels, table, *logits = ctx.saved_tensors[ctx.num_grads:]
-                _, logit_grads = op(logits, labels, table, *ctx.options, True, grad_losses)
             else:
                 logit_grads = [g * grad_losses[l].to(g.dtype) for l, g in enumerate(grads)]
             return logit_grads, *none

@@ -45,15 +45,20 @@ def multilevel_cross_entropy(
     class_weights: Sequence[torch.Tensor | None] | None = None,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    align_corners: bool = False,
 ) -> torch.Tensor:
-    """Per-level ``F.cross_entropy`` on remapped labels; same contract as the fused op."""
+    """Per-level ``F.cross_entropy`` on remapped labels, after ``F.interpolate`` (bilinear) of logits
+    smaller than the labels; same contract as the fused op."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     targets = remap_labels(labels, table)
     out_dtype = torch.float64 if logits[0].dtype == torch.float64 else torch.float32
+    size = labels.shape[-2:]
     losses = []
     for level, x in enumerate(logits):
         weight = class_weights[level] if class_weights is not None else None
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
         x = x.to(out_dtype)
         target = targets[level]
         loss = F.cross_entropy(

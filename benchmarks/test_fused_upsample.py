@@ -1,0 +1,149 @@
+"""The fused cross-entropy on low-resolution logits (bilinear upsampling inside the op) vs upsampling
+first (results: benchmarks/RESULTS.md).
+
+Cases: labels [8, 256, 256] uint8 (10% ignored) with levels of 2/5/20 classes at 32x32, 32x32 and
+64x64 (a stacked parser's strides 8, 8 and 4), and labels [4, 473, 473] with levels at 60x60,
+60x60 and 119x119. float32, forward + torch.autograd.grad of the summed losses, 2 threads.
+Implementations, alternating round by round in one process:
+  fused_upsample      ops.multilevel_cross_entropy(low-resolution logits, ...)
+  interpolate_fused   F.interpolate to the labels' size, then the same op (the code before)
+  interpolate_naive   F.interpolate, then the table lookup and F.cross_entropy per level (reference)
+
+Run: .venv/bin/python -m pytest benchmarks/test_fused_upsample.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hierparse
+from hierparse import ops
+
+CLASSES = (2, 5, 20)
+CASES = {  # N, labels' H = W, each level's logits' size
+    "256px": (8, 256, (32, 32, 64)),
+    "473px": (4, 473, (60, 60, 119)),
+}
+ROUNDS = 12  # interleaved rounds per implementation (the first two are warm-up)
+THREADS = 2
+
+
+def problem(case: str):
+    n, size, logit_sizes = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    table = torch.full((len(CLASSES), 256), 255, dtype=torch.int64)
+    for level, c in enumerate(CLASSES):
+        table[level, :20] = torch.arange(20) % c
+    labels = torch.randint(0, 20, (n, size, size), generator=g, dtype=torch.uint8)
+    labels[torch.rand(n, size, size, generator=g) < 0.1] = 255
+    logits = [torch.randn(n, c, s, s, generator=g).requires_grad_(True) for c, s in zip(CLASSES, logit_sizes)]
+    return logits, labels, table
+
+
+def upsampled(logits, labels):
+    return [F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False) for x in logits]
+
+
+IMPLEMENTATIONS = {
+    "fused_upsample": lambda logits, labels, table: ops.multilevel_cross_entropy(logits, labels, table),
+    "interpolate_fused": lambda logits, labels, table: ops.multilevel_cross_entropy(
+        upsampled(logits, labels), labels, table),
+    "interpolate_naive": lambda logits, labels, table: ops.reference.multilevel_cross_entropy(
+        upsampled(logits, labels), labels, table),
+}
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_speedup_interleaved(benchmark, case, two_threads):
+    """The three implementations in turn (order rotated each round), so load from other jobs hits
+    them alike: medians and their ratios. Goals: >= 3x interpolate_fused, >= 15x interpolate_naive."""
+    benchmark.group = f"fused upsampling, interleaved, {case}"
+    logits, labels, table = problem(case)
+
+    def step(name):
+        return lambda: torch.autograd.grad(IMPLEMENTATIONS[name](logits, labels, table).sum(), logits)
+
+    steps = {name: step(name) for name in IMPLEMENTATIONS}
+    names = list(steps)
+    times = {name: [] for name in names}
+    for round_ in range(ROUNDS):
+        for name in names[round_ % 3:] + names[:round_ % 3]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(times[name][2:]) for name in names}
+    fused = median["fused_upsample"]
+    benchmark.extra_info.update({f"{name}_ms": seconds * 1e3 for name, seconds in median.items()})
+    benchmark.extra_info.update(vs_interpolate_fused=median["interpolate_fused"] / fused,
+                                vs_interpolate_naive=median["interpolate_naive"] / fused)
+    print(f"\n{case}, {THREADS} threads, forward+backward: "
+          + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in median.items())
+          + f"; fused_upsample is {median['interpolate_fused'] / fused:.1f}x interpolate_fused and "
+          f"{median['interpolate_naive'] / fused:.1f}x interpolate_naive")
+    benchmark.pedantic(steps["fused_upsample"], rounds=3)
+
+
+# The peak resident memory is read as VmHWM, the high-water mark of the process's own memory:
+# ru_maxrss would also hold the parent's resident size at the exec of this fresh process.
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, json, sys, torch
+    sys.path.insert(0, {benchmarks!r})
+    from test_fused_upsample import IMPLEMENTATIONS, THREADS, problem
+
+    def peak_bytes():
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+    torch.set_num_threads(THREADS)
+    step = IMPLEMENTATIONS[sys.argv[2]]
+    tiny_logits, tiny_labels, table = problem("256px")
+    tiny = [x[:1, :, :4, :4].detach().requires_grad_(True) for x in tiny_logits]
+    torch.autograd.grad(step(tiny, tiny_labels[:1, :16, :16], table).sum(), tiny)  # loads code, starts threads
+    logits, labels, table = problem(sys.argv[1])
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # no freed memory left to reuse unseen
+    open("/proc/self/clear_refs", "w").write("5")  # the peak so far := the memory in use now
+    before = peak_bytes()
+    grads = torch.autograd.grad(step(logits, labels, table).sum(), logits)
+    after = peak_bytes()
+    print(json.dumps({{"extra": after - before, "logits": sum(x.numel() * x.element_size() for x in logits)}}))
+    """
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("impl", ["fused_upsample", "interpolate_fused"])
+def test_peak_memory_of_a_training_step(impl, case, tmp_path):
+    """Peak resident memory of one training step on top of the inputs, in a fresh process, as a
+    multiple of the low-resolution logits' size. Goal for fused_upsample: at most 1.5 (the step
+    returns gradients of the logits' size; no full-resolution tensor)."""
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_SCRIPT.format(benchmarks=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": str(Path(hierparse.__file__).parents[1])}  # this checkout's hierparse
+    result = subprocess.run([sys.executable, str(script), case, impl], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    ratio = numbers["extra"] / numbers["logits"]
+    print(f"\n{case} {impl}: peak extra {numbers['extra'] / 2**20:.2f} MiB = {ratio:.2f} x the low-resolution "
+          f"logits ({numbers['logits'] / 2**20:.2f} MiB)")
+    if impl == "fused_upsample":
+        assert ratio <= 1.5, f"the training step keeps {ratio:.2f}x the low-resolution logits' size"

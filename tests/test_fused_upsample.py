@@ -1,0 +1,299 @@
+"""The fused cross-entropy of logits smaller than the labels (bilinear upsampling inside the op)
+against F.interpolate + F.cross_entropy, level by level."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hierparse import ops
+
+pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
+
+IGNORE = 255
+# Largest difference allowed, relative to the largest reference value (of the losses, or of each
+# level's gradient). Half and bfloat16 store the interpolated logits and their full-resolution
+# gradients rounded (as F.interpolate's output and its gradient are), so the two computations
+# may round a value differently by one unit in the last place.
+RELATIVE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def expected_losses(logits, labels, table, *, align_corners=False, class_weights=None, level_weights=None,
+                    label_smoothing=0.0, reduction="mean"):
+    """F.interpolate (bilinear) of the smaller levels, then F.cross_entropy per level in float32/64."""
+    out = []
+    for level, x in enumerate(logits):
+        if x.shape[-2:] != labels.shape[-2:]:
+            x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        target = table[level][labels.long()]
+        weight = None if class_weights is None or class_weights[level] is None else class_weights[level].to(dtype)
+        loss = F.cross_entropy(x.to(dtype), target, weight=weight, ignore_index=IGNORE,
+                               label_smoothing=label_smoothing, reduction=reduction)
+        if reduction == "mean" and not bool((target != IGNORE).any()):
+            loss = (x.to(dtype) * 0).sum()
+        out.append(loss * (1.0 if level_weights is None else level_weights[level]))
+    return torch.stack(out)
+
+
+def problem(sizes, n=2, H=37, W=300, *, num_ids=12, ignored=0.1, dtype=torch.float64, label_dtype=torch.uint8,
+            seed=0, scale=3.0):
+    """Logits [n, C, h, w] for each (C, h, w) in sizes, raw labels [n, H, W] (ids 0..num_ids-1 and
+    some IGNORE) and a [L, 256] table that reaches every class."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.full((len(sizes), 256), IGNORE, dtype=torch.int64)
+    for level, (c, _, _) in enumerate(sizes):
+        table[level, :num_ids] = torch.randint(0, c, (num_ids,), generator=g)
+        table[level, :min(c, num_ids)] = torch.arange(min(c, num_ids))
+    labels = torch.randint(0, num_ids, (n, H, W), generator=g)
+    labels[torch.rand(n, H, W, generator=g) < ignored] = IGNORE
+    logits = [(torch.randn(n, c, h, w, generator=g, dtype=torch.float64) * scale).to(dtype) for c, h, w in sizes]
+    return logits, labels.to(label_dtype), table
+
+
+# A full-size level between two smaller ones of non-integer scale; the third has two units of rows
+# (kUnitRows = 16), so the halo of one unit is added into the next; labels [2, 37, 300] span two
+# tiles of 256 pixels. MIXED_NARROW: the same at a width of 90, for the larger grids of cases.
+MIXED = [(3, 9, 40), (4, 37, 300), (6, 20, 75)]
+MIXED_NARROW = [(3, 9, 40), (4, 37, 90), (6, 20, 75)]
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def assert_close_relative(got, want, relative, what):
+    # a reference of exactly 0 (a level with one class) leaves the rounding of terms of size 1
+    atol = max(relative * want.abs().max().item(), 4 * torch.finfo(want.dtype).eps)
+    torch.testing.assert_close(got.to(want.dtype), want, rtol=relative, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def check(logits, labels, table, **options):
+    """Losses and gradients (of a random weighting of the losses) against expected_losses."""
+    dtype = logits[0].dtype
+    leaves = [x.detach().clone().requires_grad_(True) for x in logits]
+    refs = [x.detach().clone().requires_grad_(True) for x in logits]
+    got = ops.multilevel_cross_entropy(leaves, labels, table, ignore_index=IGNORE, **options)
+    want = expected_losses(refs, labels, table, **options)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == want.shape
+    assert_close_relative(got, want, RELATIVE[dtype], "losses")
+    weights = torch.rand(want.shape, generator=torch.Generator().manual_seed(9), dtype=want.dtype) + 0.5
+    got_grads = torch.autograd.grad((got * weights).sum(), leaves)
+    want_grads = torch.autograd.grad((want * weights).sum(), refs)
+    for level, (g, r) in enumerate(zip(got_grads, want_grads)):
+        assert g.dtype == dtype and g.shape == r.shape, f"level {level}"
+        assert_close_relative(g.double(), r.double(), RELATIVE[dtype], f"level {level} gradients")
+
+
+def with_layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor
+        wide = torch.zeros(*x.shape[:3], x.shape[3] * 2, dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("align_corners", [False, True], ids=["half_pixel", "align_corners"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_matches_interpolate_then_cross_entropy(dtype, align_corners, layout):
+    logits, labels, table = problem(MIXED, dtype=DTYPES[dtype])
+    check([with_layout(x, layout) for x in logits], labels, table, align_corners=align_corners,
+          label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("sizes, H, W", [
+    ([(2, 60, 60), (3, 119, 119)], 473, 473),   # the paper's 473 px from stride 8 and 4
+    ([(3, 7, 5), (2, 1, 1), (4, 23, 4)], 23, 17),  # odd sizes, a single pixel, one axis at full size
+])
+def test_non_integer_scales(dtype, align_corners, sizes, H, W):
+    logits, labels, table = problem(sizes, n=1, H=H, W=W, dtype=dtype, seed=1)
+    check(logits, labels, table, align_corners=align_corners)
+
+
+OPTION_GRID = list(itertools.product(["mean", "sum", "none"], [0.0, 0.25], [False, True], [False, True],
+                                     [False, True]))
+
+
+@pytest.mark.parametrize("reduction,smoothing,use_class_weights,use_level_weights,align_corners", OPTION_GRID)
+def test_every_option_combination(reduction, smoothing, use_class_weights, use_level_weights, align_corners):
+    logits, labels, table = problem(MIXED_NARROW, W=90, seed=2)
+    g = torch.Generator().manual_seed(3)
+    class_weights = ([torch.rand(3, generator=g) + 0.1, None, torch.rand(6, generator=g) + 0.1]
+                     if use_class_weights else None)
+    level_weights = [0.5, 2.0, 1.5] if use_level_weights else None
+    check(logits, labels, table, reduction=reduction, label_smoothing=smoothing, class_weights=class_weights,
+          level_weights=level_weights, align_corners=align_corners)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_any_integer_label_dtype(label_dtype):
+    logits, labels, table = problem(MIXED_NARROW, W=90, ignored=0.0, label_dtype=label_dtype)
+    check(logits, labels, table)
+
+
+def test_level_without_valid_pixels_and_all_pixels_ignored():
+    logits, labels, table = problem([(2, 5, 9), (5, 20, 30)], H=40, W=60, num_ids=6)
+    table[1, :] = IGNORE  # level 1 ignores everything: loss 0 and gradient 0 ("mean" without NaN)
+    check(logits, labels, table)
+    leaves = [x.requires_grad_(True) for x in logits]
+    losses = ops.multilevel_cross_entropy(leaves, labels, table)
+    grads = torch.autograd.grad(losses.sum(), leaves)
+    assert losses[1].item() == 0.0 and torch.count_nonzero(grads[1]) == 0 and torch.count_nonzero(grads[0]) > 0
+    labels.fill_(IGNORE)
+    for reduction in ("mean", "sum"):
+        assert torch.equal(ops.multilevel_cross_entropy(logits, labels, table, reduction=reduction),
+                           torch.zeros(2, dtype=torch.float64))
+
+
+@given(
+    data=st.data(),
+    num_levels=st.integers(1, 3), n=st.integers(1, 2), H=st.integers(1, 40), W=st.integers(1, 70),
+    align_corners=st.booleans(), smoothing=st.sampled_from([0.0, 0.3]),
+    reduction=st.sampled_from(["mean", "sum", "none"]), ignored=st.sampled_from([0.0, 0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_random_sizes(data, num_levels, n, H, W, align_corners, smoothing, reduction, ignored, seed):
+    sizes = [(data.draw(st.integers(1, 6)), data.draw(st.integers(1, H)), data.draw(st.integers(1, W)))
+             for _ in range(num_levels)]
+    logits, labels, table = problem(sizes, n=n, H=H, W=W, num_ids=8, ignored=ignored, seed=seed)
+    check(logits, labels, table, align_corners=align_corners, label_smoothing=smoothing, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_float64(reduction):
+    logits, labels, table = problem([(2, 2, 3), (3, 3, 5)], n=1, H=4, W=5, num_ids=4, seed=4)
+    weights = [torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.3, 1.7], dtype=torch.float64)]
+
+    def fn(*xs):
+        return ops.multilevel_cross_entropy(list(xs), labels, table, class_weights=weights, label_smoothing=0.1,
+                                            level_weights=[0.7, 1.3], reduction=reduction, align_corners=True)
+
+    assert torch.autograd.gradcheck(fn, [x.requires_grad_(True) for x in logits])
+
+
+def test_opcheck():
+    logits, labels, table = problem([(2, 3, 4), (5, 5, 6)], n=2, H=5, W=6, num_ids=6, dtype=torch.float32)
+    packed = torch.rand(7) + 0.5
+    for reduction, compute_grad in itertools.product((0, 1, 2), (False, True)):
+        xs = [x.clone().requires_grad_(compute_grad) for x in logits]
+        torch.library.opcheck(
+            torch.ops.hierparse.multilevel_cross_entropy.default,
+            (xs, labels, table, packed, [1.0, 0.5], 0.1, IGNORE, reduction, compute_grad, True),
+        )
+    pixel_weights = torch.rand(2, 2, 5, 6)  # the backward pass of per-pixel losses
+    torch.library.opcheck(torch.ops.hierparse.multilevel_cross_entropy.default,
+                          (logits, labels, table, packed, [1.0, 0.5], 0.1, IGNORE, 0, True, True, pixel_weights))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph(reduction):
+    logits, labels, table = problem([(2, 4, 3), (5, 8, 8)], n=2, H=8, W=8, num_ids=6, dtype=torch.float32)
+    mask = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(5)) < 0.5
+
+    def step(xs, labels, table):
+        losses = ops.multilevel_cross_entropy(xs, labels, table, label_smoothing=0.1, level_weights=[1.0, 2.0],
+                                              reduction=reduction)
+        return (losses * mask).sum((1, 2, 3)) if reduction == "none" else losses
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    leaves = [x.clone().requires_grad_(True) for x in logits]
+    refs = [x.clone().requires_grad_(True) for x in logits]
+    got = compiled(leaves, labels, table)
+    want = step(refs, labels, table)
+    torch.testing.assert_close(got, want)
+    for g, r in zip(torch.autograd.grad(got.sum() * 3, leaves), torch.autograd.grad(want.sum() * 3, refs)):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_across_runs_and_thread_counts(dtype, assert_same_bits_across_threads):
+    # several units per image and two groups of smaller levels, next to a full-size level
+    logits, labels, table = problem([(3, 33, 75), (4, 50, 260), (6, 40, 130), (5, 40, 130)], n=2, H=50, W=260,
+                                    dtype=dtype)
+    leaves = [x.requires_grad_(True) for x in logits]
+    assert_same_bits_across_threads(
+        lambda x: ops.multilevel_cross_entropy(x, labels, table, label_smoothing=0.1), leaves)
+
+
+def test_full_size_levels_are_unchanged_by_smaller_levels_beside_them():
+    logits, labels, table = problem(MIXED, dtype=torch.float32)
+    full = [1]
+    leaves = [x.requires_grad_(True) for x in logits]
+    mixed = ops.multilevel_cross_entropy(leaves, labels, table, label_smoothing=0.1)
+    alone = ops.multilevel_cross_entropy([leaves[1]], labels, table[full], label_smoothing=0.1)
+    assert torch.equal(mixed[1:2], alone)
+    assert torch.equal(torch.autograd.grad(mixed[1], leaves[1])[0], torch.autograd.grad(alone[0], leaves[1])[0])
+
+
+def test_gradients_have_each_level_s_size_and_layout():
+    logits, labels, table = problem(MIXED, dtype=torch.float32)
+    leaves = [x.contiguous(memory_format=torch.channels_last).requires_grad_(True) for x in logits]
+    _, grads = torch.ops.hierparse.multilevel_cross_entropy(leaves, labels, table, None, [1.0] * 3, 0.0, IGNORE, 1,
+                                                             True, False)
+    assert [g.shape for g in grads] == [x.shape for x in leaves]
+    assert all(g.stride() == x.stride() for g, x in zip(grads, leaves))
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_every_cpu_instruction_set_matches_the_reference(capability):
+    """The upsampling kernel is compiled per instruction set with the tile kernel; HIERPARSE_CPU_CAPABILITY
+    picks one."""
+    env = {**os.environ, "HIERPARSE_CPU_CAPABILITY": capability}
+    probe = subprocess.run([sys.executable, "-c", "import hierparse.ops as o; print(o.cpu_capability())"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    if "is not supported by this CPU" in probe.stderr:
+        pytest.skip(f"this CPU or build lacks {capability}")
+    assert probe.returncode == 0 and probe.stdout.strip() == capability, probe.stderr
+    selection = "(matches_interpolate and contiguous and half_pixel) or deterministic"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout
+
+
+# ---------------------------------------------------------------------- bad input
+def bad(match, logits, labels, table, **options):
+    with pytest.raises(ValueError, match=match):
+        ops.multilevel_cross_entropy(logits, labels, table, **options)
+
+
+def test_logits_larger_than_the_labels_or_of_another_batch():
+    logits, labels, table = problem([(2, 4, 6), (3, 6, 7)], H=6, W=7, num_ids=3)
+    expected = r"expected \[N, C, h, w\] with the labels' N and 1 <= h <= H, 1 <= w <= W"
+    bad(r"level 1 logits are \[2, 3, 7, 7\] but labels are \[2, 6, 7\] \(" + expected,
+        [logits[0], torch.zeros(2, 3, 7, 7, dtype=torch.float64)], labels, table)
+    bad(r"level 0 logits are \[2, 2, 4, 8\] but labels are \[2, 6, 7\]",
+        [torch.zeros(2, 2, 4, 8, dtype=torch.float64), logits[1]], labels, table)
+    bad(r"level 0 logits are \[1, 2, 4, 6\] but labels are \[2, 6, 7\]", [logits[0][:1], logits[1]], labels, table)
+    bad(r"level 1 logits are \[2, 3, 0, 7\]", [logits[0], logits[1][:, :, :0]], labels, table)
+    table[0, 2] = 2  # level 0 has 2 classes
+    bad("table maps raw id 2 to class 2 at level 0, but level 0 logits have 2 classes", logits, labels, table)
+
+
+def test_grad_weights_are_checked():
+    logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
+    op = torch.ops.hierparse.multilevel_cross_entropy
+    with pytest.raises(ValueError, match=r'grad_weights are for reduction "none" only'):
+        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 1, True, False, torch.ones(1))
+    with pytest.raises(ValueError, match=r"grad_weights must have the losses' shape \[1, 1, 6, 7\], got \[1, 6, 7\]"):
+        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 0, True, False, torch.ones(1, 6, 7))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_says_upsampling_is_not_implemented_there_yet():
+    logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
+    bad("labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table)
+    with pytest.raises(RuntimeError, match="upsampling inside the op is not implemented on CUDA yet"):
+        ops.multilevel_cross_entropy([x.cuda() for x in logits], labels.cuda(), table.cuda())
