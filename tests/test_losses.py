@@ -61,6 +61,19 @@ def test_low_resolution_logits_go_to_the_fused_op_without_interpolate(ohem, monk
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_low_resolution_logits_on_a_gpu_match_the_cpu():
+    """The CUDA kernel does not upsample yet: on a GPU the loss upsamples first, with the same result."""
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 20, (2, 33, 29), generator=g, dtype=torch.uint8)
+    logits = [torch.randn(2, c, 9, 8, generator=g) for c in h.num_classes]
+    loss = HierarchicalLoss(h, level_weights="fine", ohem=OHEM(0.7, 50))
+    cpu = loss(logits, labels)
+    gpu = loss.cuda()([x.cuda() for x in logits], labels.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu)
+
+
 def test_flat_model_is_scored_on_the_finest_level():
     h = hierparse.load_hierarchy("helen")
     labels = torch.randint(0, 11, (1, 16, 16), dtype=torch.uint8)
