@@ -102,16 +102,12 @@ def test_speedup_interleaved(benchmark, case, two_threads):
     benchmark.pedantic(steps["fused_upsample"], rounds=3)
 
 
-# The peak resident memory is read as VmHWM, the high-water mark of the process's own memory:
-# ru_maxrss would also hold the parent's resident size at the exec of this fresh process.
 PEAK_SCRIPT = textwrap.dedent(
     """
-    import ctypes, json, sys, torch
+    import json, sys, torch
     sys.path.insert(0, {benchmarks!r})
+    from peak_memory import peak_bytes, reset_peak
     from test_fused_upsample import IMPLEMENTATIONS, THREADS, problem
-
-    def peak_bytes():
-        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
 
     torch.set_num_threads(THREADS)
     step = IMPLEMENTATIONS[sys.argv[2]]
@@ -119,9 +115,7 @@ PEAK_SCRIPT = textwrap.dedent(
     tiny = [x[:1, :, :4, :4].detach().requires_grad_(True) for x in tiny_logits]
     torch.autograd.grad(step(tiny, tiny_labels[:1, :16, :16], table).sum(), tiny)  # loads code, starts threads
     logits, labels, table = problem(sys.argv[1])
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # no freed memory left to reuse unseen
-    open("/proc/self/clear_refs", "w").write("5")  # the peak so far := the memory in use now
-    before = peak_bytes()
+    before = reset_peak()
     grads = torch.autograd.grad(step(logits, labels, table).sum(), logits)
     after = peak_bytes()
     print(json.dumps({{"extra": after - before, "logits": sum(x.numel() * x.element_size() for x in logits)}}))

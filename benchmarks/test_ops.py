@@ -127,14 +127,15 @@ def bytes_floor(logits, labels, *, with_grad: bool) -> int:
 
 PEAK_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     sys.path.insert(0, {benchmarks!r})
+    from peak_memory import peak_bytes, reset_peak
     from test_ops import problem, IMPLEMENTATIONS
     logits, labels, table = problem("cpu")
     gradient_bytes = sum(x.numel() * x.element_size() for x in logits)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = reset_peak()
     grads = torch.autograd.grad(IMPLEMENTATIONS[sys.argv[1]](logits, labels, table).sum(), logits)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = peak_bytes()
     print(json.dumps({{"extra": after - before, "gradients": gradient_bytes}}))
     """
 )
