@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted", "softmax_ohem", "tree_min"]
-FLAT = ("flat", "flat_skip")
+VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted", "softmax_ohem", "tree_min",
+            "flat_skip_ohem"]
+FLAT = ("flat", "flat_skip", "flat_skip_ohem")
 
 
 def test_quick_study_writes_table_json_and_plot(tmp_path):
