@@ -15,33 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hierparse import ops
+from test_ops import IGNORE, expected_losses  # the reference: F.interpolate, then F.cross_entropy
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
 
-IGNORE = 255
 # Largest difference allowed, relative to the largest reference value (of the losses, or of each
 # level's gradient). Half and bfloat16 store the interpolated logits and their full-resolution
 # gradients rounded (as F.interpolate's output and its gradient are), so the two computations
 # may round a value differently by one unit in the last place.
 RELATIVE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-
-def expected_losses(logits, labels, table, *, align_corners=False, class_weights=None, level_weights=None,
-                    label_smoothing=0.0, reduction="mean"):
-    """F.interpolate (bilinear) of the smaller levels, then F.cross_entropy per level in float32/64."""
-    out = []
-    for level, x in enumerate(logits):
-        if x.shape[-2:] != labels.shape[-2:]:
-            x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        target = table[level][labels.long()]
-        weight = None if class_weights is None or class_weights[level] is None else class_weights[level].to(dtype)
-        loss = F.cross_entropy(x.to(dtype), target, weight=weight, ignore_index=IGNORE,
-                               label_smoothing=label_smoothing, reduction=reduction)
-        if reduction == "mean" and not bool((target != IGNORE).any()):
-            loss = (x.to(dtype) * 0).sum()
-        out.append(loss * (1.0 if level_weights is None else level_weights[level]))
-    return torch.stack(out)
 
 
 def problem(sizes, n=2, H=37, W=300, *, num_ids=12, ignored=0.1, dtype=torch.float64, label_dtype=torch.uint8,

@@ -28,11 +28,14 @@ TOLERANCE = {  # (loss, gradient) absolute tolerances per logits dtype
 }
 
 
-def expected_losses(logits, labels, table, *, class_weights=None, level_weights=None,
+def expected_losses(logits, labels, table, *, align_corners=False, class_weights=None, level_weights=None,
                     label_smoothing=0.0, reduction="mean"):
-    """Independent reference: F.cross_entropy per level on table[l][labels] in float32/64."""
+    """Independent reference: F.interpolate (bilinear) of levels smaller than the labels, then
+    F.cross_entropy per level on table[l][labels] in float32/64."""
     out = []
     for level, x in enumerate(logits):
+        if x.shape[-2:] != labels.shape[-2:]:
+            x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         target = table[level].to(labels.device)[labels.long()]
         weight = None if class_weights is None or class_weights[level] is None else class_weights[level].to(dtype)
