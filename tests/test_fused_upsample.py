@@ -10,12 +10,11 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ops import IGNORE, expected_losses  # the reference: F.interpolate, then F.cross_entropy
 
 from hierparse import ops
-from test_ops import IGNORE, expected_losses  # the reference: F.interpolate, then F.cross_entropy
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
 
