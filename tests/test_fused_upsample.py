@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ops import IGNORE, expected_losses  # the reference: F.interpolate, then F.cross_entropy
+from test_ops import IGNORE, expected_losses
 
 from hierparse import ops
 
