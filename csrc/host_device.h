@@ -7,3 +7,10 @@
 #else
 #define HP_HOST_DEVICE inline __attribute__((always_inline))
 #endif
+
+// Unrolls the next loop under nvcc (so that arrays indexed by its counter stay in registers).
+#if defined(__CUDACC__)
+#define HP_UNROLL _Pragma("unroll")
+#else
+#define HP_UNROLL
+#endif

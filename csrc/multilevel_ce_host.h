@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "multilevel_ce.h"
+
 namespace hierparse {
 
 enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
@@ -62,6 +64,15 @@ void check_label_range(int64_t min_label, int64_t max_label, int64_t K,
 // Sets each level's gradient and loss scales from the label histogram (CPU int64 [K]): for "mean"
 // the divisor is the class-weight sum over valid pixels (a level without one gets scale 0).
 void set_level_scales(Plan& plan, const at::Tensor& label_counts);
+
+// Level l's constants of the per-pixel arithmetic (multilevel_ce.h) in the compute type S.
+template <typename S>
+LevelCoefficients<S> level_coefficients(const Plan& plan, size_t l) {
+  const LevelPlan& lp = plan.levels[l];
+  return LevelCoefficients<S>{static_cast<S>(1.0 - plan.label_smoothing),
+                              static_cast<S>(plan.label_smoothing / static_cast<double>(lp.num_classes)),
+                              static_cast<S>(lp.weight_sum), static_cast<S>(lp.grad_scale)};
+}
 
 // Output tensors: losses ([L], or [L, N, H, W] for reduction "none") and, when asked, gradients
 // with the layout of each level's logits.

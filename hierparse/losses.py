@@ -96,8 +96,7 @@ class HierarchicalLoss(nn.Module):
     All levels go through one fused op with the hierarchy's label table, each level's logits scored
     as if upsampled (bilinear, ``align_corners=False``) to the label size: ``loss="softmax"``, the
     per-level softmax cross-entropy (``hierparse.ops.multilevel_cross_entropy``, which upsamples
-    inside the op on the CPU, so no full-resolution logits are stored; on a GPU they are upsampled
-    with ``F.interpolate`` first until the CUDA kernel does it); ``loss="tree_min"``, HSSN's tree-min
+    inside the op, so no full-resolution logits are stored); ``loss="tree_min"``, HSSN's tree-min
     loss over the hierarchy's class tree (``hierparse.ops.tree_min_loss``, every level's logits read
     as per-node sigmoid scores, ``focal_gamma`` its focal exponent; it needs one output per level and
     takes no class weights, label smoothing or OHEM). ``forward`` returns the per-level losses ``[L]``
@@ -163,8 +162,8 @@ class HierarchicalLoss(nn.Module):
                    "(loss tree_min needs one output per level: stacked true)")
             )
         table = self.table[chosen]
-        # The tree-min op, and the CE op on a GPU, take logits at the labels' size only (for now).
-        if self.kind == "tree_min" or labels.device.type != "cpu":
+        # The tree-min op takes logits at the labels' size only (for now).
+        if self.kind == "tree_min":
             size = labels.shape[-2:]
             logits = [
                 x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ops import IGNORE, expected_losses
+from test_ops import DEVICES, IGNORE, expected_losses
 
 from hierparse import ops
 
@@ -26,9 +26,9 @@ RELATIVE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torc
 
 
 def problem(sizes, n=2, H=37, W=300, *, num_ids=12, ignored=0.1, dtype=torch.float64, label_dtype=torch.uint8,
-            seed=0, scale=3.0):
+            seed=0, scale=3.0, device="cpu"):
     """Logits [n, C, h, w] for each (C, h, w) in sizes, raw labels [n, H, W] (ids 0..num_ids-1 and
-    some IGNORE) and a [L, 256] table that reaches every class."""
+    some IGNORE) and a [L, 256] table that reaches every class, on `device`."""
     g = torch.Generator().manual_seed(seed)
     table = torch.full((len(sizes), 256), IGNORE, dtype=torch.int64)
     for level, (c, _, _) in enumerate(sizes):
@@ -36,8 +36,9 @@ def problem(sizes, n=2, H=37, W=300, *, num_ids=12, ignored=0.1, dtype=torch.flo
         table[level, :min(c, num_ids)] = torch.arange(min(c, num_ids))
     labels = torch.randint(0, num_ids, (n, H, W), generator=g)
     labels[torch.rand(n, H, W, generator=g) < ignored] = IGNORE
-    logits = [(torch.randn(n, c, h, w, generator=g, dtype=torch.float64) * scale).to(dtype) for c, h, w in sizes]
-    return logits, labels.to(label_dtype), table
+    logits = [(torch.randn(n, c, h, w, generator=g, dtype=torch.float64) * scale).to(device, dtype)
+              for c, h, w in sizes]
+    return logits, labels.to(device, label_dtype), table.to(device)
 
 
 # A full-size level between two smaller ones of non-integer scale; the third has two units of rows
@@ -63,7 +64,7 @@ def check(logits, labels, table, **options):
     want = expected_losses(refs, labels, table, **options)
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == want.shape
     assert_close_relative(got, want, RELATIVE[dtype], "losses")
-    weights = torch.rand(want.shape, generator=torch.Generator().manual_seed(9), dtype=want.dtype) + 0.5
+    weights = torch.rand(want.shape, generator=torch.Generator().manual_seed(9), dtype=want.dtype).to(want.device) + 0.5
     got_grads = torch.autograd.grad((got * weights).sum(), leaves)
     want_grads = torch.autograd.grad((want * weights).sum(), refs)
     for level, (g, r) in enumerate(zip(got_grads, want_grads)):
@@ -75,29 +76,31 @@ def with_layout(x, layout):
     if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
     if layout == "strided":  # every other column of a wider tensor
-        wide = torch.zeros(*x.shape[:3], x.shape[3] * 2, dtype=x.dtype)
+        wide = torch.zeros(*x.shape[:3], x.shape[3] * 2, dtype=x.dtype, device=x.device)
         wide[..., ::2] = x
         return wide[..., ::2]
     return x
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("align_corners", [False, True], ids=["half_pixel", "align_corners"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_matches_interpolate_then_cross_entropy(dtype, align_corners, layout):
-    logits, labels, table = problem(MIXED, dtype=DTYPES[dtype])
+def test_matches_interpolate_then_cross_entropy(dtype, align_corners, layout, device):
+    logits, labels, table = problem(MIXED, dtype=DTYPES[dtype], device=device)
     check([with_layout(x, layout) for x in logits], labels, table, align_corners=align_corners,
           label_smoothing=0.1)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("sizes, H, W", [
     ([(2, 60, 60), (3, 119, 119)], 473, 473),   # the paper's 473 px from stride 8 and 4
     ([(3, 7, 5), (2, 1, 1), (4, 23, 4)], 23, 17),  # odd sizes, a single pixel, one axis at full size
 ])
-def test_non_integer_scales(dtype, align_corners, sizes, H, W):
-    logits, labels, table = problem(sizes, n=1, H=H, W=W, dtype=dtype, seed=1)
+def test_non_integer_scales(dtype, align_corners, sizes, H, W, device):
+    logits, labels, table = problem(sizes, n=1, H=H, W=W, dtype=dtype, seed=1, device=device)
     check(logits, labels, table, align_corners=align_corners)
 
 
@@ -105,25 +108,28 @@ OPTION_GRID = list(itertools.product(["mean", "sum", "none"], [0.0, 0.25], [Fals
                                      [False, True]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction,smoothing,use_class_weights,use_level_weights,align_corners", OPTION_GRID)
-def test_every_option_combination(reduction, smoothing, use_class_weights, use_level_weights, align_corners):
-    logits, labels, table = problem(MIXED_NARROW, W=90, seed=2)
+def test_every_option_combination(reduction, smoothing, use_class_weights, use_level_weights, align_corners, device):
+    logits, labels, table = problem(MIXED_NARROW, W=90, seed=2, device=device)
     g = torch.Generator().manual_seed(3)
-    class_weights = ([torch.rand(3, generator=g) + 0.1, None, torch.rand(6, generator=g) + 0.1]
+    class_weights = ([(torch.rand(c, generator=g) + 0.1).to(device) if c else None for c in (3, 0, 6)]
                      if use_class_weights else None)
     level_weights = [0.5, 2.0, 1.5] if use_level_weights else None
     check(logits, labels, table, reduction=reduction, label_smoothing=smoothing, class_weights=class_weights,
           level_weights=level_weights, align_corners=align_corners)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
-def test_any_integer_label_dtype(label_dtype):
-    logits, labels, table = problem(MIXED_NARROW, W=90, ignored=0.0, label_dtype=label_dtype)
+def test_any_integer_label_dtype(label_dtype, device):
+    logits, labels, table = problem(MIXED_NARROW, W=90, ignored=0.0, label_dtype=label_dtype, device=device)
     check(logits, labels, table)
 
 
-def test_level_without_valid_pixels_and_all_pixels_ignored():
-    logits, labels, table = problem([(2, 5, 9), (5, 20, 30)], H=40, W=60, num_ids=6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_level_without_valid_pixels_and_all_pixels_ignored(device):
+    logits, labels, table = problem([(2, 5, 9), (5, 20, 30)], H=40, W=60, num_ids=6, device=device)
     table[1, :] = IGNORE  # level 1 ignores everything: loss 0 and gradient 0 ("mean" without NaN)
     check(logits, labels, table)
     leaves = [x.requires_grad_(True) for x in logits]
@@ -133,7 +139,7 @@ def test_level_without_valid_pixels_and_all_pixels_ignored():
     labels.fill_(IGNORE)
     for reduction in ("mean", "sum"):
         assert torch.equal(ops.multilevel_cross_entropy(logits, labels, table, reduction=reduction),
-                           torch.zeros(2, dtype=torch.float64))
+                           torch.zeros(2, dtype=torch.float64, device=device))
 
 
 @given(
@@ -151,10 +157,12 @@ def test_property_random_sizes(data, num_levels, n, H, W, align_corners, smoothi
     check(logits, labels, table, align_corners=align_corners, label_smoothing=smoothing, reduction=reduction)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gradcheck_float64(reduction):
-    logits, labels, table = problem([(2, 2, 3), (3, 3, 5)], n=1, H=4, W=5, num_ids=4, seed=4)
-    weights = [torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.3, 1.7], dtype=torch.float64)]
+def test_gradcheck_float64(reduction, device):
+    logits, labels, table = problem([(2, 2, 3), (3, 3, 5)], n=1, H=4, W=5, num_ids=4, seed=4, device=device)
+    weights = [torch.tensor([0.5, 2.0], dtype=torch.float64, device=device),
+               torch.tensor([1.0, 0.3, 1.7], dtype=torch.float64, device=device)]
 
     def fn(*xs):
         return ops.multilevel_cross_entropy(list(xs), labels, table, class_weights=weights, label_smoothing=0.1,
@@ -177,10 +185,12 @@ def test_opcheck():
                           (logits, labels, table, packed, [1.0, 0.5], 0.1, IGNORE, 0, True, True, pixel_weights))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_torch_compile_fullgraph(reduction):
-    logits, labels, table = problem([(2, 4, 3), (5, 8, 8)], n=2, H=8, W=8, num_ids=6, dtype=torch.float32)
-    mask = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(5)) < 0.5
+def test_torch_compile_fullgraph(reduction, device):
+    logits, labels, table = problem([(2, 4, 3), (5, 8, 8)], n=2, H=8, W=8, num_ids=6, dtype=torch.float32,
+                                    device=device)
+    mask = (torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(5)) < 0.5).to(device)
 
     def step(xs, labels, table):
         losses = ops.multilevel_cross_entropy(xs, labels, table, label_smoothing=0.1, level_weights=[1.0, 2.0],
@@ -198,11 +208,12 @@ def test_torch_compile_fullgraph(reduction):
         torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_deterministic_across_runs_and_thread_counts(dtype, assert_same_bits_across_threads):
+def test_deterministic_across_runs_and_thread_counts(dtype, device, assert_same_bits_across_threads):
     # several units per image and two groups of smaller levels, next to a full-size level
     logits, labels, table = problem([(3, 33, 75), (4, 50, 260), (6, 40, 130), (5, 40, 130)], n=2, H=50, W=260,
-                                    dtype=dtype)
+                                    dtype=dtype, device=device)
     leaves = [x.requires_grad_(True) for x in logits]
     assert_same_bits_across_threads(
         lambda x: ops.multilevel_cross_entropy(x, labels, table, label_smoothing=0.1), leaves)
@@ -218,8 +229,9 @@ def test_full_size_levels_are_unchanged_by_smaller_levels_beside_them():
     assert torch.equal(torch.autograd.grad(mixed[1], leaves[1])[0], torch.autograd.grad(alone[0], leaves[1])[0])
 
 
-def test_gradients_have_each_level_s_size_and_layout():
-    logits, labels, table = problem(MIXED, dtype=torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_have_each_level_s_size_and_layout(device):
+    logits, labels, table = problem(MIXED, dtype=torch.float32, device=device)
     leaves = [x.contiguous(memory_format=torch.channels_last).requires_grad_(True) for x in logits]
     _, grads = torch.ops.hierparse.multilevel_cross_entropy(leaves, labels, table, None, [1.0] * 3, 0.0, IGNORE, 1,
                                                              True, False)
@@ -242,6 +254,24 @@ def test_every_cpu_instruction_set_matches_the_reference(capability):
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout
+
+
+def test_the_cuda_kernel_s_algorithm_passes_this_file_on_the_cpu():
+    """HIERPARSE_CPU_UPSAMPLING=gather runs the CUDA kernel's gather algorithm (csrc/upsampled_ce.h) on
+    the CPU: every test here then checks the arithmetic the GPU runs, on machines without one."""
+    env = {**os.environ, "HIERPARSE_CPU_UPSAMPLING": "gather"}
+    selection = "not every_cpu_instruction_set and not cuda_kernel_s_algorithm and not cuda"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                            capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_unknown_cpu_upsampling_algorithm_is_a_clear_error(monkeypatch):
+    logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
+    monkeypatch.setenv("HIERPARSE_CPU_UPSAMPLING", "tiles")
+    bad(r"HIERPARSE_CPU_UPSAMPLING=tiles is not an algorithm; use units \(the default\) or gather", logits, labels,
+        table)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -273,8 +303,8 @@ def test_grad_weights_are_checked():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_says_upsampling_is_not_implemented_there_yet():
+def test_tensors_on_different_devices():
     logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
     bad("labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table)
-    with pytest.raises(RuntimeError, match="upsampling inside the op is not implemented on CUDA yet"):
-        ops.multilevel_cross_entropy([x.cuda() for x in logits], labels.cuda(), table.cuda())
+    bad("level 1 logits are on cpu but level 0 logits are on cuda:0",
+        [logits[0].cuda(), logits[0]], labels.cuda(), table.cuda().repeat(2, 1))

@@ -33,25 +33,27 @@ def find_library() -> str:
 
 
 def smoke_test(device: str) -> str | None:
-    """One small call of the op (2 levels, ignored pixels, mean) against F.cross_entropy."""
+    """One small call of the op (3 levels, the last one smaller than the labels and upsampled inside
+    the op; ignored pixels, mean) against F.interpolate + F.cross_entropy."""
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (2, 3, 5), generator=gen, dtype=torch.uint8)
-    table = torch.tensor([[0, 1, 1, 255], [0, 1, 2, 255]])
-    logits = [torch.randn(2, c, 3, 5, generator=gen) for c in (2, 3)]
+    table = torch.tensor([[0, 1, 1, 255], [0, 1, 2, 255], [0, 1, 2, 255]])
+    logits = [torch.randn(2, c, h, w, generator=gen) for c, h, w in ((2, 3, 5), (3, 3, 5), (3, 2, 3))]
     losses, grads = torch.ops.hierparse.multilevel_cross_entropy(
-        [x.to(device) for x in logits], labels.to(device), table.to(device), None, [1.0, 1.0], 0.0,
+        [x.to(device) for x in logits], labels.to(device), table.to(device), None, [1.0] * 3, 0.0,
         255, 1, True,
     )
     for level, x in enumerate(logits):
         x = x.clone().requires_grad_()
-        expected = F.cross_entropy(x, table[level][labels.long()], ignore_index=255)
+        upsampled = F.interpolate(x, size=(3, 5), mode="bilinear", align_corners=False)
+        expected = F.cross_entropy(upsampled, table[level][labels.long()], ignore_index=255)
         expected.backward()
         if not torch.allclose(losses[level].cpu(), expected.detach(), rtol=1e-5, atol=1e-6):
             return f"level {level} loss {losses[level].item()} != {expected.item()}"
         if not torch.allclose(grads[level].cpu(), x.grad, rtol=1e-4, atol=1e-6):
-            return f"level {level} gradients differ from F.cross_entropy"
+            return f"level {level} gradients differ from F.interpolate + F.cross_entropy"
     return None
 
 

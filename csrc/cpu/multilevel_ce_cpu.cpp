@@ -19,6 +19,7 @@
 
 #include "cpu/gradient_pool.h"
 #include "cpu/tile_kernel.h"
+#include "cpu/upsampled_ce_gather_cpu.h"
 #include "multilevel_ce_host.h"
 
 namespace hierparse {
@@ -290,6 +291,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
   std::vector<cpu::LevelArgs> full_levels;
   std::vector<int64_t> full_index;
   std::vector<Group> groups;
+  std::vector<int64_t> gathered;  // smaller levels run by the CUDA kernel's algorithm (cpu_upsampling_is_gather)
+  const bool gather = cpu_upsampling_is_gather();
   int64_t max_classes = 0, grad_bytes = 0;
   for (int64_t l = 0; l < L; ++l) {
     const LevelPlan& lp = plan.levels[l];
@@ -312,6 +315,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       full_index.push_back(l);
       max_classes = std::max(max_classes, a.C);
       if (compute_grad) grad_bytes += grads[l].nbytes();
+      continue;
+    }
+    if (gather) {
+      gathered.push_back(l);
       continue;
     }
     auto same_size = [&](const Group& g) { return g.h == lp.h && g.w == lp.w; };
@@ -395,6 +402,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       });
     }
   });
+  const std::vector<double> gathered_sums =
+      gather_upsampled_levels(plan, logits, contiguous_labels, losses, grads, pixel_grad_weights, gathered);
   if (compute_grad) {
     // Each unit's first gradient row gets the halo of the unit above: a few rows, not worth threads.
     for (const Group& g : groups)
@@ -404,7 +413,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
 
   if (!per_pixel) {
     // Per level, its tiles' or units' loss sums (zeros past a level's last chunk add nothing).
-    int64_t chunks = args.num_tiles;
+    int64_t chunks = std::max<int64_t>(args.num_tiles, 1);
     for (const Group& g : groups) chunks = std::max(chunks, g.args.num_units);
     std::vector<double> partials(L * chunks, 0.0);
     for (size_t i = 0; i < full_index.size(); ++i)
@@ -413,6 +422,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       for (size_t k = 0; k < g.level_index.size(); ++k)
         std::copy_n(g.unit_sums.begin() + k * g.args.num_units, g.args.num_units,
                     partials.begin() + g.level_index[k] * chunks);
+    for (size_t k = 0; k < gathered.size(); ++k) partials[gathered[k] * chunks] = gathered_sums[k];
     std::vector<double> scales;
     for (const auto& level : plan.levels) scales.push_back(level.loss_scale);
     write_level_totals(losses, partials.data(), chunks, scales);

@@ -13,11 +13,17 @@
 //    pass 1 max over classes, pass 2 exp-sum (and the weighted d-sum with label smoothing), pass 3
 //    the loss and, when asked, the gradients. Passes 2 and 3 re-read the pixel's logits, which
 //    the first pass has just brought into L1/L2.
-// 3. Loss sums are deterministic (common.cuh): each thread accumulates its pixels in double, each
-//    block reduces its threads in a fixed tree into a [L, blocks] buffer (no floating-point
-//    atomics), and a second tiny kernel sums each level's row in a fixed order and multiplies by
-//    loss_scale. The grid size depends only on the device and the pixel count, so the same inputs
-//    on the same device give bitwise identical losses and gradients.
+// 3. Levels smaller than the labels (upsampled inside the op) take the gather kernel instead, one
+//    launch per level: one thread per low-resolution pixel and chunk of classes, which recomputes
+//    the full-resolution pixels it is a bilinear source of and sums their gradients in registers
+//    (upsampled_ce.h, whose arithmetic the CPU tests run with HIERPARSE_CPU_UPSAMPLING=gather). No
+//    full-resolution tensor exists and no gradient is added atomically.
+// 4. Loss sums are deterministic (common.cuh): each thread accumulates its pixels in double, each
+//    block reduces its threads in a fixed tree into a per-launch [levels, blocks] buffer (no
+//    floating-point atomics), the launches' rows are gathered into one [L, blocks] buffer (zeros
+//    past a launch's blocks), and a second tiny kernel sums each level's row in a fixed order and
+//    multiplies by loss_scale. Grid sizes depend only on the device and the work size, so the same
+//    inputs on the same device give bitwise identical losses and gradients.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -32,6 +38,7 @@
 #include "common.cuh"
 #include "multilevel_ce.h"
 #include "multilevel_ce_host.h"
+#include "upsampled_ce_host.h"
 
 namespace hierparse {
 namespace {
@@ -132,10 +139,12 @@ __global__ void __launch_bounds__(kThreads)
   write_block_sums(&thread_sums[0][0], L, args.block_sums);
 }
 
+// Runs the main kernel for the levels `full` (at the labels' size) and returns their block sums
+// [levels, blocks] in the order of `full` (undefined for reduction "none").
 template <typename scalar_t, typename acc_t, typename label_t>
-void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& labels, at::Tensor& losses,
-                   std::vector<at::Tensor>& grads, bool compute_grad) {
-  const int64_t L = static_cast<int64_t>(logits.size());
+at::Tensor launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& labels, at::Tensor& losses,
+                         std::vector<at::Tensor>& grads, bool compute_grad, const std::vector<int64_t>& full) {
+  const int64_t L = static_cast<int64_t>(full.size());
   const int64_t num_pixels = plan.N * plan.H * plan.W;
   const bool per_pixel = plan.reduction == Reduction::None;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -156,7 +165,7 @@ void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& la
     for (int d = 0; d < 3; ++d) args.ls[d] = labels.stride(d);
     args.block_sums = per_pixel ? nullptr : block_sums.data_ptr<double>() + first * blocks;
     for (int i = 0; i < args.num_levels; ++i) {
-      const int64_t l = first + i;
+      const int64_t l = full[first + i];
       const LevelPlan& lp = plan.levels[l];
       LevelArgs<scalar_t, acc_t>& a = args.levels[i];
       a.logits = logits[l].const_data_ptr<scalar_t>();
@@ -169,16 +178,58 @@ void launch_levels(const Plan& plan, at::TensorList logits, const at::Tensor& la
       a.table = table + l * plan.K;
       a.class_w = weights ? weights + lp.weight_offset : nullptr;
       a.loss_map = per_pixel ? losses.data_ptr<acc_t>() + l * num_pixels : nullptr;
-      a.k = LevelCoefficients<acc_t>{static_cast<acc_t>(1.0 - plan.label_smoothing),
-                                     static_cast<acc_t>(plan.label_smoothing / static_cast<double>(lp.num_classes)),
-                                     static_cast<acc_t>(lp.weight_sum), static_cast<acc_t>(lp.grad_scale)};
+      a.k = level_coefficients<acc_t>(plan, l);
     }
     multilevel_ce_kernel<scalar_t, acc_t, label_t>
         <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(label_ptr, args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  return block_sums;
+}
 
-  if (per_pixel) return;
+// ---------------------------------------------------------------------------------------------
+// Gather kernel of a level smaller than the labels (upsampled_ce.h), grid-stride over its work items.
+
+template <typename scalar_t, typename acc_t, typename label_t>
+__global__ void __launch_bounds__(kThreads)
+    upsampled_ce_kernel(const __grid_constant__ UpsampledLevel<scalar_t, acc_t, label_t> level,
+                        double* __restrict__ block_sums) {
+  __shared__ double thread_sums[kThreads];
+  const int64_t num_items = level.num_items();
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  double sum = 0;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; item < num_items; item += stride)
+    sum += upsampled_item(level, item);
+  thread_sums[threadIdx.x] = sum;
+  if (block_sums == nullptr) return;  // uniform over the grid: no divergent barrier below
+  write_block_sums(thread_sums, 1, block_sums);
+}
+
+// Runs the gather kernel for level l and returns its block sums [1, blocks] (undefined for "none").
+template <typename scalar_t, typename acc_t, typename label_t>
+at::Tensor launch_upsampled_level(const Plan& plan, int64_t l, const at::Tensor& logits, const at::Tensor& labels,
+                                  at::Tensor& losses, const at::Tensor& grad, const at::Tensor& grad_weights) {
+  const auto level = upsampled_level<scalar_t, acc_t, label_t>(plan, l, logits, labels, grad, losses, grad_weights);
+  const int64_t blocks = grid_size(upsampled_ce_kernel<scalar_t, acc_t, label_t>, level.num_items(), 0);
+  at::Tensor block_sums;
+  if (plan.reduction != Reduction::None) block_sums = at::empty({1, blocks}, labels.options().dtype(at::kDouble));
+  upsampled_ce_kernel<scalar_t, acc_t, label_t>
+      <<<static_cast<unsigned int>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      level, block_sums.defined() ? block_sums.data_ptr<double>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return block_sums;
+}
+
+// Every level's losses from the launches' block sums: rows of `parts` belong to levels `rows_of`.
+void write_losses(const Plan& plan, const std::vector<at::Tensor>& parts,
+                  const std::vector<std::vector<int64_t>>& rows_of, at::Tensor& losses) {
+  int64_t blocks = 1;
+  for (const at::Tensor& part : parts) blocks = std::max(blocks, part.size(1));
+  const int64_t L = static_cast<int64_t>(plan.levels.size());
+  at::Tensor block_sums = at::zeros({L, blocks}, parts.front().options());  // zeros add nothing
+  for (size_t p = 0; p < parts.size(); ++p)
+    for (size_t r = 0; r < rows_of[p].size(); ++r)
+      block_sums[rows_of[p][r]].narrow(0, 0, parts[p].size(1)).copy_(parts[p][r]);
   std::vector<double> scales;
   for (const LevelPlan& level : plan.levels) scales.push_back(level.loss_scale);
   sum_level_blocks(block_sums, scales, losses);
@@ -192,12 +243,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   // Checks every argument first (all tensors on one device, which is a CUDA device here).
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
                                  ignore_index, reduction, align_corners);
-  for (size_t l = 0; l < plan.levels.size(); ++l) {
-    TORCH_CHECK(plan.levels[l].h == plan.H && plan.levels[l].w == plan.W,
-                "multilevel_cross_entropy: upsampling inside the op is not implemented on CUDA yet (level ", l,
-                " logits are ", plan.levels[l].h, " x ", plan.levels[l].w, ", labels ", plan.H, " x ", plan.W,
-                "); upsample them with F.interpolate first");
-  }
   const at::Tensor pixel_grad_weights = checked_pixel_grad_weights(plan, grad_weights, logits[0].device());
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "multilevel_cross_entropy: the CUDA kernel got level 0 logits on ",
                     logits[0].device());
@@ -215,14 +260,29 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
     return {losses, grads};
   }
 
+  std::vector<int64_t> full, upsampled;
+  for (size_t l = 0; l < plan.levels.size(); ++l) (is_upsampled(plan, l) ? upsampled : full).push_back(l);
+  std::vector<at::Tensor> block_sums;  // per launch: rows of the levels in rows_of
+  std::vector<std::vector<int64_t>> rows_of;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits[0].scalar_type(),
                                   "hierparse_multilevel_ce_cuda", [&] {
     using logit_t = scalar_t;
     using acc_t = std::conditional_t<std::is_same_v<logit_t, double>, double, float>;
     AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_multilevel_ce_cuda_labels", [&] {
-      launch_levels<logit_t, acc_t, scalar_t>(plan, logits, labels, losses, grads, compute_grad);
+      if (!full.empty()) {
+        block_sums.push_back(launch_levels<logit_t, acc_t, scalar_t>(plan, logits, labels, losses, grads,
+                                                                    compute_grad, full));
+        rows_of.push_back(full);
+      }
+      for (const int64_t l : upsampled) {
+        const at::Tensor grad = compute_grad ? grads[l] : at::Tensor();
+        block_sums.push_back(launch_upsampled_level<logit_t, acc_t, scalar_t>(plan, l, logits[l], labels, losses,
+                                                                              grad, pixel_grad_weights));
+        rows_of.push_back({l});
+      }
     });
   });
+  if (plan.reduction != Reduction::None) write_losses(plan, block_sums, rows_of, losses);
   weigh_full_size_grads(plan, grads, pixel_grad_weights);
   return {losses, grads};
 }

@@ -12,9 +12,8 @@ For each level ``l`` with logits ``x_l [N, C_l, h_l, w_l]`` and raw labels ``r [
                                                  reduction=reduction)
 
 computed for all levels in one pass over the logits, with the labels read as raw ids (never an
-int64 label map). Logits smaller than the labels are upsampled inside the op (on the CPU; the CUDA
-kernel does not do it yet and raises), so neither the full-resolution logits nor their gradients
-are ever stored; gradients come back at each level's own size. When a gradient is needed the
+int64 label map). Logits smaller than the labels are upsampled inside the op (CPU and CUDA), so
+neither the full-resolution logits nor their gradients are ever stored; gradients come back at each level's own size. When a gradient is needed the
 forward pass writes it, already scaled, and the backward pass only multiplies it by the incoming
 gradient (skipped on the CPU when that is 1); per-pixel losses (``reduction="none"``) of upsampled
 levels are the exception: each pixel's incoming gradient must weigh it before it is scattered to
