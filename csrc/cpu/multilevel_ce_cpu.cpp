@@ -380,8 +380,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       }
     }
     num_units += u.num_units;
-    scratch_bytes = std::max(scratch_bytes, cpu::carve_unit_scratch(nullptr, u, plan.W, compute_bytes, storage_bytes,
-                                                                    compute_grad, nullptr));
+    scratch_bytes = std::max(scratch_bytes, cpu::carve_unit_scratch(nullptr, u, plan.W, compute_bytes, compute_grad,
+                                                                    nullptr));
   }
 
   AT_DISPATCH_INTEGRAL_TYPES(contiguous_labels.scalar_type(), "hierparse_multilevel_ce_cpu", [&] {

@@ -113,15 +113,13 @@ struct UnitScratch {
   UnitLevelState* levels;  // one per level of the group
   int32_t* raw;            // one row of labels
   void* source_rows;       // [C_max, w + kSourcePadding] one low-resolution row per class, compute type
-  void* logits;            // [C_max, kTile] interpolated logits of one tile, in the logits' type
-  void* grads;             // [C_max, kTile] their gradients
   void* blocks;            // the tile kernel's scratch
 };
 
 // Carves a thread's scratch for the units of `group` out of `base` (64-byte aligned pieces, into
 // *out) and returns its size in bytes; with a null base it only counts.
 inline int64_t carve_unit_scratch(char* base, const UpsampleGroup& group, int64_t W, int64_t compute_bytes,
-                                  int64_t storage_bytes, bool with_grad, UnitScratch* out) {
+                                  bool with_grad, UnitScratch* out) {
   int64_t used = 0;
   auto take = [&](int64_t bytes) -> void* {
     void* piece = base ? base + used : nullptr;
@@ -129,7 +127,7 @@ inline int64_t carve_unit_scratch(char* base, const UpsampleGroup& group, int64_
     return piece;
   };
   UnitScratch s{static_cast<UnitLevelState*>(take(group.num_levels * int64_t(sizeof(UnitLevelState)))), nullptr,
-                nullptr, nullptr, nullptr, nullptr};
+                nullptr, nullptr};
   int64_t max_classes = 0;
   for (int64_t k = 0; k < group.num_levels; ++k) {
     const int64_t C = group.levels[k].C;
@@ -141,8 +139,6 @@ inline int64_t carve_unit_scratch(char* base, const UpsampleGroup& group, int64_
   }
   s.raw = static_cast<int32_t*>(take(W * 4));
   s.source_rows = take(max_classes * (group.w + kSourcePadding) * compute_bytes);
-  s.logits = take(max_classes * kTile * storage_bytes);
-  s.grads = take(max_classes * kTile * storage_bytes);
   s.blocks = take(max_classes * kScratchBytesPerClass);
   if (out) *out = s;
   return used;

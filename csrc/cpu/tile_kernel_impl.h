@@ -4,7 +4,8 @@
 // target values stay in registers).
 //
 // For each level of a tile, pixels go in blocks of HP_BLOCK_VECTORS vectors, one pixel per lane:
-//   pass 1 reads each class plane of the block once from memory into an L1 scratch copy, keeping
+//   pass 1 reads each class plane of the block once (through an access: StridedAccess, or a blend of
+//          rows for levels upsampled in the op) into an L1 scratch copy, keeping
 //          the running max and picking the target's logit (and class weight) by comparison;
 //   pass 2 turns the copy into exp(x - max) and sums it (and sum_c w_c (x_c - max) with smoothing);
 //   then log, loss and the softmax coefficient per pixel;
@@ -25,9 +26,40 @@ namespace cpu {
 namespace HP_ISA {
 
 constexpr int kBlockVectors = HP_BLOCK_VECTORS;
+// The loops over a block's vectors are unrolled, so that the block's running values stay in registers.
+#define HP_UNROLL_BLOCK _Pragma("GCC unroll 8")
 constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches (into L2)
 static_assert(2 * kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for two blocks");
 static_assert(kTile % (kBlockVectors * HP_VECTOR_BYTES / 4) == 0, "a tile must be whole blocks");
+
+// Where level_tile reads a tile's logits and writes their gradients: here a strided slice of a level
+// at the labels' size; upsample_kernel_impl.h blends two cached low-resolution rows instead.
+template <typename scalar_t, typename V>
+struct StridedAccess {
+  const scalar_t* x;  // the tile's first logit of class 0
+  int64_t xc, xw;     // strides of classes and pixels
+  bool prefetch;      // prefetch the logits into L2 ahead of use
+  scalar_t* g;        // the tile's first gradient, or nullptr
+  int64_t gc, gw;
+  bool streaming;     // store the gradients past the caches
+
+  // Class c's logits of pixels p .. p + lanes - 1 of the tile (missing lanes are 0).
+  HP_INLINE V logits(int64_t c, int64_t p, int lanes) const {
+    const scalar_t* src = x + c * xc + p * xw;
+    const V v = load<V>(src, xw, lanes);
+    if (xw == 1 && prefetch)  // address arithmetic on integers: it may point past the logits
+      __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(src) +
+                                                       kPrefetchPixels * sizeof(scalar_t)),
+                         0, 2);
+    return v;
+  }
+
+  // Class c's gradients of the `count` pixels of a block from p0 (B vectors, one pixel per lane).
+  template <int B>
+  HP_INLINE void gradients(int64_t c, int64_t p0, int count, const V* grad) const {
+    store<B>(g + c * gc + p0 * gw, gw, count, grad, streaming);
+  }
+};
 
 // A block whose losses are done and whose gradients are still to be written (pass 3).
 template <typename V>
@@ -40,23 +72,25 @@ struct PendingBlock {
   int count;
 };
 
-// Pass 3 for one class of a pending block: its gradients, converted and stored.
-template <typename scalar_t, typename V, typename S>
+// Pass 3 for one class of a pending block: its gradients, handed to the access.
+template <typename V, typename S, typename Access>
 HP_INLINE void write_gradients(const LevelArgs& a, const LevelCoefficients<S>& k, const PendingBlock<V>& blk,
-                               scalar_t* g, int64_t c, bool streaming) {
+                               const Access& io, int64_t c) {
   constexpr int B = kBlockVectors;
   const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
   V grad[B];
+  HP_UNROLL_BLOCK
   for (int b = 0; b < B; ++b)
     grad[b] = logit_gradient(k, blk.exp_d[c * B + b], blk.coeff[b], wc, blk.valid[b],
                              blk.target[b] == static_cast<int>(c), blk.w_target[b]);
-  store<B>(g + c * a.gs[1] + blk.p0 * a.gs[3], a.gs[3], blk.count, grad, streaming);
+  io.template gradients<B>(c, blk.p0, blk.count, grad);
 }
 
-template <typename scalar_t, typename V, bool kWithGrad>
-HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t n, int64_t h, int64_t w0,
-                            int64_t P, const int32_t* raw, V* scratch,
-                            typename VecTraits<V>::scalar* loss_out) {
+// The losses (and, with kWithGrad, the gradients) of P pixels of one level: their logits and
+// gradients go through `io` (StridedAccess or a blend of rows), their raw ids are raw[0 .. P-1].
+template <typename V, bool kWithGrad, typename Access>
+HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, const Access& io, int64_t P,
+                            const int32_t* raw, V* scratch, typename VecTraits<V>::scalar* loss_out) {
   using S = typename VecTraits<V>::scalar;
   using M = typename VecTraits<V>::mask;
   constexpr int B = kBlockVectors;
@@ -66,9 +100,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
                                static_cast<S>(args.label_smoothing / static_cast<double>(a.C)),
                                static_cast<S>(a.weight_sum), static_cast<S>(a.grad_scale)};
   const bool smoothing = args.label_smoothing != 0.0;
-  const int64_t C = a.C, xw = a.xs[3];
-  const scalar_t* x = static_cast<const scalar_t*>(a.logits) + n * a.xs[0] + h * a.xs[2] + w0 * xw;
-  scalar_t* g = kWithGrad ? static_cast<scalar_t*>(a.grad) + n * a.gs[0] + h * a.gs[2] + w0 * a.gs[3] : nullptr;
+  const int64_t C = a.C;
   V total{};
   // Pass 3 of each block runs inside pass 2 of the next, so that the gradient stores drain to
   // memory while the exponentials are computed; blocks alternate between two scratch buffers.
@@ -84,20 +116,17 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
         target[b][j] = b * kLanes + j < count ? lookup_target(raw[p0 + b * kLanes + j], a.table) : -1;
 
     V m[B], x_target[B], w_target[B], sum[B], weighted_d[B];
+    HP_UNROLL_BLOCK
     for (int b = 0; b < B; ++b) {
       m[b] = V{} - __builtin_inf();
       x_target[b] = w_target[b] = sum[b] = weighted_d[b] = V{};
     }
     for (int64_t c = 0; c < C; ++c) {  // pass 1
-      const scalar_t* xc = x + c * a.xs[1] + p0 * xw;
       const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+      HP_UNROLL_BLOCK
       for (int b = 0; b < B; ++b) {
         const int lanes = count - b * kLanes;
-        const V v = load<V>(xc + b * kLanes * xw, xw, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
-        if (xw == 1 && args.prefetch_logits)  // address arithmetic on integers: it may point past the logits
-          __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(xc) +
-                                                           (kPrefetchPixels + b * kLanes) * sizeof(scalar_t)),
-                             0, 2);
+        const V v = io.logits(c, p0 + b * kLanes, lanes < 0 ? 0 : lanes < kLanes ? lanes : kLanes);
         buf[c * B + b] = v;
         m[b] = max_value(m[b], v);
         const M hit = target[b] == static_cast<int>(c);
@@ -106,9 +135,11 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
       }
     }
     if (!a.class_w)
+      HP_UNROLL_BLOCK
       for (int b = 0; b < B; ++b) w_target[b] = target[b] >= 0 ? V{} + S(1) : V{};
     for (int64_t c = 0; c < C; ++c) {  // pass 2 (and pass 3 of the previous block)
       const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
+      HP_UNROLL_BLOCK
       for (int b = 0; b < B; ++b) {
         const V d = buf[c * B + b] - m[b];
         const V e = exp_nonpositive(d);
@@ -116,9 +147,10 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
         if (smoothing) weighted_d[b] += wc * d;
         if (kWithGrad) buf[c * B + b] = e;
       }
-      if (kWithGrad && has_pending) write_gradients(a, k, pending, g, c, args.streaming_stores);
+      if (kWithGrad && has_pending) write_gradients(a, k, pending, io, c);
     }
     V loss[B];
+    HP_UNROLL_BLOCK
     for (int b = 0; b < B; ++b) {
       const M valid = target[b] >= 0;
       const V l = pixel_loss(k, log_positive(sum[b]), x_target[b] - m[b], w_target[b], weighted_d[b]);
@@ -141,7 +173,7 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, int64_t 
     }
   }
   if (kWithGrad && has_pending)
-    for (int64_t c = 0; c < C; ++c) write_gradients(a, k, pending, g, c, args.streaming_stores);
+    for (int64_t c = 0; c < C; ++c) write_gradients(a, k, pending, io, c);
   double tile_sum = 0;
   for (int j = 0; j < kLanes; ++j) tile_sum += static_cast<double>(total[j]);
   return tile_sum;
@@ -158,9 +190,13 @@ void run_tile_typed(const KernelArgs& args, int64_t tile, const int32_t* raw, vo
     const LevelArgs& a = args.levels[l];
     S* loss_out = a.loss_map ? static_cast<S*>(a.loss_map) + row * args.W + w0 : nullptr;
     V* buf = static_cast<V*>(scratch);
-    args.tile_sums[l * args.num_tiles + tile] =
-        a.grad ? level_tile<scalar_t, V, true>(args, a, n, h, w0, P, raw, buf, loss_out)
-               : level_tile<scalar_t, V, false>(args, a, n, h, w0, P, raw, buf, loss_out);
+    const StridedAccess<scalar_t, V> io{
+        static_cast<const scalar_t*>(a.logits) + n * a.xs[0] + h * a.xs[2] + w0 * a.xs[3], a.xs[1], a.xs[3],
+        args.prefetch_logits,
+        a.grad ? static_cast<scalar_t*>(a.grad) + n * a.gs[0] + h * a.gs[2] + w0 * a.gs[3] : nullptr, a.gs[1], a.gs[3],
+        args.streaming_stores};
+    args.tile_sums[l * args.num_tiles + tile] = a.grad ? level_tile<V, true>(args, a, io, P, raw, buf, loss_out)
+                                                       : level_tile<V, false>(args, a, io, P, raw, buf, loss_out);
   }
 }
 

@@ -4,11 +4,12 @@
 //
 // A unit walks its full-resolution rows y in order; row y reads low-resolution rows i0 <= i1.
 //   forward:  a low-resolution row is interpolated horizontally once (two rows are cached), then
-//             row y's logits are top * w0 + bottom * w1 (ATen's order), rounded to the logits' type,
-//             and level_tile scores them tile by tile, writing their gradients into scratch;
-//   backward: row y's gradients go vertically into two full-width rows (one per source row); such a
-//             row is complete once y has moved past its source row and is then scattered
-//             horizontally into the unit's low-resolution gradient rows.
+//             level_tile scores row y, reading its logits through BlendedRows: top * w0 + bottom * w1
+//             (ATen's order), rounded to the logits' type, a block at a time in registers;
+//   backward: level_tile hands row y's gradients to BlendedRows too, which adds them vertically into
+//             two full-width rows (one per source row); such a row is complete once y has moved past
+//             its source row and is then scattered horizontally into the unit's low-resolution
+//             gradient rows.
 // No full-resolution tensor exists: the scratch holds a few full-width rows per level.
 #ifndef HP_ISA
 #error "include tile_kernel_impl.h (with HP_ISA defined) before upsample_kernel_impl.h"
@@ -84,6 +85,50 @@ void scatter_columns(const S* grad, const GradientBand& band, int64_t C, int64_t
   }
 }
 
+// level_tile's access to full-resolution row y of an upsampled level (see the top of this file).
+template <typename scalar_t, typename V>
+struct BlendedRows {
+  using S = typename VecTraits<V>::scalar;
+  const S* top;             // the two cached rows interpolated horizontally, [C, W]
+  const S* bottom;
+  int64_t W;
+  S top_weight, bottom_weight;
+  S* grad_top;              // the two full-width gradient rows, [C, W] (the same row at the bottom edge)
+  S* grad_bottom;
+  S top_grad_weight, bottom_grad_weight;
+  const S* pixel_weights;   // row y's incoming gradient weights, or nullptr
+
+  // F.interpolate's output, and the cross-entropy's gradient, are stored in the logits' type.
+  HP_INLINE static V rounded(V v) {
+    if constexpr (sizeof(scalar_t) != sizeof(S)) {
+      for (int j = 0; j < VecTraits<V>::lanes; ++j) v[j] = to_compute(store_value<scalar_t>(v[j]));
+    }
+    return v;
+  }
+
+  HP_INLINE V logits(int64_t c, int64_t p, int lanes) const {
+    const V t = load<V>(top + c * W + p, 1, lanes), b = load<V>(bottom + c * W + p, 1, lanes);
+    return rounded(t * top_weight + b * bottom_weight);
+  }
+
+  template <int B>
+  HP_INLINE void gradients(int64_t c, int64_t p0, int count, const V* grad) const {
+    constexpr int kLanes = VecTraits<V>::lanes;
+    for (int b = 0; b < B && b * kLanes < count; ++b) {
+      const int64_t p = p0 + b * kLanes;
+      const int lanes = count - b * kLanes < kLanes ? count - b * kLanes : kLanes;
+      V g = rounded(grad[b]);
+      if (pixel_weights) g *= load<V>(pixel_weights + p, 1, lanes);
+      S* gt = grad_top + c * W + p;
+      const V t = load<V>(gt, 1, lanes) + top_grad_weight * g;
+      store<1>(gt, 1, lanes, &t, false);
+      S* gb = grad_bottom + c * W + p;  // loaded after the store above: it may be the same row
+      const V u = load<V>(gb, 1, lanes) + bottom_grad_weight * g;
+      store<1>(gb, 1, lanes, &u, false);
+    }
+  }
+};
+
 // The one of two cached rows (each `size` values at `rows`, tagged by row_of) that holds
 // low-resolution row r. When neither does, the slot of the lower row (or an empty one) is handed
 // to `release` (rows only move down, so that row is done), then tagged r and filled by `fill`.
@@ -108,13 +153,8 @@ void run_unit_typed(const KernelArgs& args, const UpsampleGroup& g, int64_t unit
   const int64_t n = unit / g.units_per_image, tile = unit % g.units_per_image;
   const int64_t r0 = tile * kUnitRows, r1 = r0 + kUnitRows < g.h ? r0 + kUnitRows : g.h;
   UnitScratch s;
-  carve_unit_scratch(static_cast<char*>(scratch), g, W, sizeof(S), sizeof(scalar_t), kWithGrad, &s);
-  scalar_t* tile_logits = static_cast<scalar_t*>(s.logits);
+  carve_unit_scratch(static_cast<char*>(scratch), g, W, sizeof(S), kWithGrad, &s);
   S* source_rows = static_cast<S*>(s.source_rows);
-  scalar_t* tile_grads = static_cast<scalar_t*>(s.grads);
-  KernelArgs tile_args = args;
-  tile_args.streaming_stores = false;  // the tile's logits and gradients stay in the caches
-  tile_args.prefetch_logits = false;
   if (kWithGrad) {
     for (int64_t k = 0; k < g.num_levels; ++k) {
       S* u = static_cast<S*>(s.levels[k].unit_grads);
@@ -153,38 +193,11 @@ void run_unit_typed(const KernelArgs& args, const UpsampleGroup& g, int64_t unit
         grad_top = cached_row(grad_rows, st.grad_row_of, C * W, i0, scatter, zero);
         grad_bottom = cached_row(grad_rows, st.grad_row_of, C * W, i1, scatter, zero);
       }
-      LevelArgs t = a;
-      t.logits = tile_logits;
-      t.grad = kWithGrad ? tile_grads : nullptr;
-      t.xs[0] = t.xs[2] = t.gs[0] = t.gs[2] = 0;
-      t.xs[1] = t.gs[1] = kTile;
-      t.xs[3] = t.gs[3] = 1;
-      for (int64_t x0 = 0; x0 < W; x0 += kTile) {
-        const int64_t P = W - x0 < kTile ? W - x0 : kTile;
-        for (int64_t c = 0; c < C; ++c) {
-          const S* tr = top + c * W + x0;
-          const S* br = bottom + c * W + x0;
-          scalar_t* out = tile_logits + c * kTile;
-          for (int64_t p = 0; p < P; ++p) out[p] = store_value<scalar_t>(tr[p] * top_weight + br[p] * bottom_weight);
-        }
-        S* loss_out = a.loss_map ? static_cast<S*>(a.loss_map) + (n * H + y) * W + x0 : nullptr;
-        st.loss_sum += level_tile<scalar_t, V, kWithGrad>(tile_args, t, 0, 0, 0, P, s.raw + x0,
-                                                           static_cast<V*>(s.blocks), loss_out);
-        if (kWithGrad) {
-          const S* pixel_weights = a.grad_weights ? static_cast<const S*>(a.grad_weights) + (n * H + y) * W + x0
-                                                  : nullptr;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* gt = tile_grads + c * kTile;
-            S* gtop = grad_top + c * W + x0;
-            S* gbottom = grad_bottom + c * W + x0;  // the same row as gtop at the bottom edge
-            for (int64_t p = 0; p < P; ++p) {
-              const S gv = pixel_weights ? to_compute(gt[p]) * pixel_weights[p] : to_compute(gt[p]);
-              gtop[p] += top_grad_weight * gv;
-              gbottom[p] += bottom_grad_weight * gv;
-            }
-          }
-        }
-      }
+      const BlendedRows<scalar_t, V> io{
+          top, bottom, W, top_weight, bottom_weight, grad_top, grad_bottom, top_grad_weight, bottom_grad_weight,
+          a.grad_weights ? static_cast<const S*>(a.grad_weights) + (n * H + y) * W : nullptr};
+      S* loss_out = a.loss_map ? static_cast<S*>(a.loss_map) + (n * H + y) * W : nullptr;
+      st.loss_sum += level_tile<V, kWithGrad>(args, a, io, W, s.raw, static_cast<V*>(s.blocks), loss_out);
     }
   }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "multilevel_ce.h"
 
@@ -116,6 +117,29 @@ HP_INLINE Half from_compute<Half>(float x) {
   return Half{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
 }
 
+// A partial vector of contiguous floats (the end of a row) loaded or stored with a lane mask, where
+// the instruction set has one: no lane-by-lane loop, no access past the count.
+#if defined(__x86_64__) && HP_VECTOR_BYTES == 64
+constexpr bool kMaskedFloatAccess = true;
+HP_INLINE VecFloat masked_load(const float* src, int count) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1u), src);
+}
+HP_INLINE void masked_store(float* dst, int count, VecFloat v) {
+  _mm512_mask_storeu_ps(dst, static_cast<__mmask16>((1u << count) - 1u), v);
+}
+#elif defined(__x86_64__) && HP_VECTOR_BYTES == 32
+constexpr bool kMaskedFloatAccess = true;
+HP_INLINE __m256i lanes_below(int count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+HP_INLINE VecFloat masked_load(const float* src, int count) { return _mm256_maskload_ps(src, lanes_below(count)); }
+HP_INLINE void masked_store(float* dst, int count, VecFloat v) { _mm256_maskstore_ps(dst, lanes_below(count), v); }
+#else
+constexpr bool kMaskedFloatAccess = false;
+HP_INLINE VecFloat masked_load(const float*, int) { return VecFloat{}; }
+HP_INLINE void masked_store(float*, int, VecFloat) {}
+#endif
+
 // Loads `count` (<= lanes) values at `stride` elements apart; missing lanes are 0.
 template <typename V, typename scalar_t>
 HP_INLINE V load(const scalar_t* src, int64_t stride, int count) {
@@ -123,9 +147,12 @@ HP_INLINE V load(const scalar_t* src, int64_t stride, int count) {
   V v;
   if (stride == 1 && count == kLanes) {
     for (int j = 0; j < kLanes; ++j) v[j] = to_compute(src[j]);
-  } else {
-    for (int j = 0; j < kLanes; ++j) v[j] = j < count ? to_compute(src[j * stride]) : 0;
+    return v;
   }
+  if constexpr (kMaskedFloatAccess && std::is_same_v<scalar_t, float> && std::is_same_v<V, VecFloat>) {
+    if (stride == 1) return masked_load(src, count);
+  }
+  for (int j = 0; j < kLanes; ++j) v[j] = j < count ? to_compute(src[j * stride]) : 0;
   return v;
 }
 
@@ -186,9 +213,16 @@ HP_INLINE void store(scalar_t* dst, int64_t stride, int count, const V* v, bool 
     } else {
       std::memcpy(dst, out, sizeof(out));
     }
-  } else {
-    for (int i = 0; i < count; ++i) dst[i * stride] = store_value<scalar_t>(v[i / kLanes][i % kLanes]);
+    return;
   }
+  if constexpr (kMaskedFloatAccess && std::is_same_v<scalar_t, float> && std::is_same_v<V, VecFloat>) {
+    if (stride == 1) {
+      for (int b = 0; b < B && b * kLanes < count; ++b)
+        masked_store(dst + b * kLanes, count - b * kLanes < kLanes ? count - b * kLanes : kLanes, v[b]);
+      return;
+    }
+  }
+  for (int i = 0; i < count; ++i) dst[i * stride] = store_value<scalar_t>(v[i / kLanes][i % kLanes]);
 }
 
 }  // namespace HP_ISA
