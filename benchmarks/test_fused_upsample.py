@@ -72,17 +72,21 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_speedup_interleaved(benchmark, case, two_threads):
-    """The three implementations in turn (order rotated each round), so load from other jobs hits
-    them alike: medians and their ratios. Goals: >= 3x interpolate_fused, >= 15x interpolate_naive."""
-    benchmark.group = f"fused upsampling, interleaved, {case}"
-    logits, labels, table = problem(case)
-
+def training_steps(logits, labels, table, sync=lambda: None):
+    """One forward+backward of each implementation, waiting for the device (sync) at its end."""
     def step(name):
-        return lambda: torch.autograd.grad(IMPLEMENTATIONS[name](logits, labels, table).sum(), logits)
+        def run():
+            grads = torch.autograd.grad(IMPLEMENTATIONS[name](logits, labels, table).sum(), logits)
+            sync()
+            return grads
+        return run
 
-    steps = {name: step(name) for name in IMPLEMENTATIONS}
+    return {name: step(name) for name in IMPLEMENTATIONS}
+
+
+def interleaved_medians(benchmark, steps, where):
+    """The implementations in turn (order rotated each round), so load from other jobs hits them
+    alike: their median times (ms) and ratios, printed and kept in the benchmark's extra_info."""
     names = list(steps)
     times = {name: [] for name in names}
     for round_ in range(ROUNDS):
@@ -90,16 +94,53 @@ def test_speedup_interleaved(benchmark, case, two_threads):
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(times[name][2:]) for name in names}
+    median = {name: statistics.median(times[name][2:]) * 1e3 for name in names}
     fused = median["fused_upsample"]
-    benchmark.extra_info.update({f"{name}_ms": seconds * 1e3 for name, seconds in median.items()})
+    benchmark.extra_info.update({f"{name}_ms": ms for name, ms in median.items()})
     benchmark.extra_info.update(vs_interpolate_fused=median["interpolate_fused"] / fused,
                                 vs_interpolate_naive=median["interpolate_naive"] / fused)
-    print(f"\n{case}, {THREADS} threads, forward+backward: "
-          + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in median.items())
+    print(f"\n{where}, forward+backward: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in median.items())
           + f"; fused_upsample is {median['interpolate_fused'] / fused:.1f}x interpolate_fused and "
           f"{median['interpolate_naive'] / fused:.1f}x interpolate_naive")
+    return median
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_speedup_interleaved(benchmark, case, two_threads):
+    """Goals: >= 3x interpolate_fused, >= 15x interpolate_naive."""
+    benchmark.group = f"fused upsampling, interleaved, {case}"
+    steps = training_steps(*problem(case))
+    interleaved_medians(benchmark, steps, f"{case}, {THREADS} threads")
     benchmark.pedantic(steps["fused_upsample"], rounds=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_speedup_and_peak_memory(benchmark, case):
+    """On the GPU: the interleaved medians, and each step's peak allocated memory on top of its
+    inputs (torch.cuda.max_memory_allocated) as a multiple of the low-resolution logits' size. Goal
+    for fused_upsample: at most 1.5."""
+    benchmark.group = f"fused upsampling on {torch.cuda.get_device_name()}, {case}"
+    logits, labels, table = problem(case)
+    logits = [x.detach().cuda().requires_grad_(True) for x in logits]
+    steps = training_steps(logits, labels.cuda(), table.cuda(), sync=torch.cuda.synchronize)
+    for step in steps.values():  # warm-up: kernels loaded, the caching allocator filled
+        step()
+    interleaved_medians(benchmark, steps, f"{case}, {torch.cuda.get_device_name()}")
+    logit_bytes = sum(x.numel() * x.element_size() for x in logits)
+    ratios = {}
+    for name, step in steps.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        grads = step()
+        ratios[name] = (torch.cuda.max_memory_allocated() - before) / logit_bytes
+        del grads
+    benchmark.extra_info.update({f"{name}_peak_x_logits": ratio for name, ratio in ratios.items()})
+    print(f"{case}: peak extra memory " + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
+          + f" the low-resolution logits ({logit_bytes / 2**20:.2f} MiB)")
+    benchmark.pedantic(steps["fused_upsample"], rounds=3)
+    assert ratios["fused_upsample"] <= 1.5, f"the step keeps {ratios['fused_upsample']:.2f}x the logits' size"
 
 
 PEAK_SCRIPT = textwrap.dedent(

@@ -70,7 +70,7 @@ struct UpsampleAxis {
 // full-resolution columns first[b] .. first[b] + offset[b + 1] - offset[b] - 1, column x with the
 // weights row weights[offset[b] + x - first[b]] (kBandInputs entries in the compute type, the
 // grad_w0/grad_w1 of x at the places of i0[x] and i1[x], zero elsewhere).
-constexpr int64_t kBandInputs = 16;
+constexpr int64_t kBandInputs = 8;
 struct GradientBand {
   const int64_t* first;   // [blocks]
   const int64_t* offset;  // [blocks + 1]
