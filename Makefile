@@ -31,8 +31,8 @@ test: $(VENV)/.built
 bench: $(VENV)/.built
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
-# Does coarse-to-fine stacking help, and why? 8 variants x 3 seeds on synthetic LIP-like data, about
-# 2.5 h on 2 cores, resumable run by run (benchmarks/study_runs/); writes benchmarks/study.{md,png,json}
+# Does coarse-to-fine stacking help, and why? 9 variants x 3 seeds on synthetic LIP-like data, about
+# 3 h on 2 cores, resumable run by run (benchmarks/study_runs/); writes benchmarks/study.{md,png,json}
 # (run directories in runs/study).
 study: $(VENV)/.built
 	$(PY) benchmarks/study.py

@@ -1,4 +1,4 @@
-"""Does coarse-to-fine stacking help, and why? Trains and scores eight variants over several seeds.
+"""Does coarse-to-fine stacking help, and why? Trains and scores nine variants over several seeds.
 
 On the synthetic LIP-like people with the ``lip`` hierarchy (person -> 5 regions -> 20 parts), with
 the default run's backbone, head, data and schedule (``hierparse.config.DEFAULTS``), only the part
@@ -15,7 +15,10 @@ that is studied changes:
    crop, the fraction of mmsegmentation's Cityscapes setting, 100000 of 512x1024), the default since
    this study;
 7. ``tree_min``: 5 with HSSN's tree-min loss (``loss: tree_min``) instead of softmax;
-8. ``flat_skip_ohem``: 2 with the same hard-pixel mining as 6: how much of OHEM's gain needs the stack.
+8. ``flat_skip_ohem``: 2 with the same hard-pixel mining as 6: how much of OHEM's gain needs the stack;
+9. ``stacked_ohem_fine_loss_only``: 6 with the coarse losses off (level weights ``[0, 0, 1]``): the
+   stack's modules trained only through the fine loss, to tell its architecture from its coarse
+   supervision.
 
 Each run is ``hierparse.train.train`` with a config from :func:`hierparse.config.resolve`, evaluated
 once at the end. Stacked models are also scored with the path decoding of their loss (consistent
@@ -27,7 +30,7 @@ rewritten from the records so far and say how many runs they hold. Writes ``stud
 ``study.png`` (fine mIoU per variant and seed) and ``study.json`` (every number) to ``--out``; run
 directories (checkpoints, logs) to ``--runs``.
 
-    python benchmarks/study.py            # the full study: 8 variants x 3 seeds (about 2.5 h on 2 cores)
+    python benchmarks/study.py            # the full study: 9 variants x 3 seeds (about 3 h on 2 cores)
     python benchmarks/study.py --quick    # tiny settings, seconds, into a temporary folder (CI)
 """
 
@@ -95,6 +98,9 @@ VARIANTS = (
                                                            "loss": "tree_min"}),
     Variant("flat_skip_ohem", "flat + layer1 skip + OHEM (threshold 0.7, min_kept 3000)",
             {"stacked": False, "skips": ["layer1"], "level_weights": None, "ohem": {"threshold": 0.7, "min_kept": 3000}}),
+    # The stack's architecture without its coarse supervision: do the coarse losses cost the fine level?
+    Variant("stacked_ohem_fine_loss_only", "stacked + skips + OHEM, coarse losses off (level weights [0, 0, 1])",
+            {"skips": None, "level_weights": [0.0, 0.0, 1.0], "ohem": {"threshold": 0.7, "min_kept": 3000}}),
 )
 
 # Shared by every run, on top of hierparse.config.DEFAULTS (the default run: its model, data and

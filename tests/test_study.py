@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 VARIANTS = ["flat", "flat_skip", "stacked_no_skips", "stacked", "stacked_fine_weighted", "softmax_ohem", "tree_min",
-            "flat_skip_ohem"]
+            "flat_skip_ohem", "stacked_ohem_fine_loss_only"]
 FLAT = ("flat", "flat_skip", "flat_skip_ohem")
 
 
@@ -34,6 +34,7 @@ def test_quick_study_writes_table_json_and_plot(tmp_path):
     assert report["summary"]["tree_min"]["decode"]["tree"]["consistency"]["mean"] == 1.0
     runs = {run["variant"]: run for run in report["runs"]}
     assert runs["tree_min"]["config"]["loss"] == "tree_min" and runs["softmax_ohem"]["config"]["ohem"]
+    assert runs["stacked_ohem_fine_loss_only"]["config"]["level_weights"] == [0.0, 0.0, 1.0]
     parameters = {key: entry["parameters"] for key, entry in report["summary"].items()}
     assert parameters["flat"] < parameters["flat_skip"] < parameters["stacked"]
     assert report["complete"] and report["planned_runs"] == len(VARIANTS)
