@@ -121,6 +121,16 @@ def test_every_option_combination(reduction, smoothing, use_class_weights, use_l
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_more_classes_than_one_chunk(reduction, device):
+    """37 and 20 classes: the CUDA kernel's work items take 16 classes each (the last chunk partial)."""
+    logits, labels, table = problem([(37, 9, 13), (20, 30, 41)], H=37, W=50, num_ids=40, device=device, seed=6)
+    g = torch.Generator().manual_seed(7)
+    class_weights = [(torch.rand(c, generator=g) + 0.1).to(device) for c in (37, 20)]
+    check(logits, labels, table, reduction=reduction, label_smoothing=0.1, class_weights=class_weights)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
 def test_any_integer_label_dtype(label_dtype, device):
     logits, labels, table = problem(MIXED_NARROW, W=90, ignored=0.0, label_dtype=label_dtype, device=device)
