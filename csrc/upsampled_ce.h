@@ -13,7 +13,8 @@
 //
 // The interpolation is ATen's CUDA upsample_bilinear2d: source indices and weights in the compute type
 // (float, or double for double logits), the value h0 (w0 a + w1 b) + h1 (w0 c + w1 d) stored in the
-// logits' type, as F.interpolate's output is.
+// logits' type, as F.interpolate's output is; the same expressions, so equal up to how the compiler
+// fuses multiply-adds (the CPU build does not fuse them as nvcc does).
 #pragma once
 
 #include <cstdint>
@@ -50,15 +51,18 @@ struct BilinearAxis {
     return a;
   }
 
-  HP_HOST_DEVICE int64_t first_source(int64_t o) const {
-    if (align_corners) return static_cast<int64_t>(scale * static_cast<acc_t>(o));
+  // Output o's position in the input (area_pixel_compute_source_index); its integer part is the
+  // first source. Which pixels an item visits and which it owns both come from here.
+  HP_HOST_DEVICE acc_t source(int64_t o) const {
+    if (align_corners) return scale * static_cast<acc_t>(o);
     const acc_t s = scale * (static_cast<acc_t>(o) + acc_t(0.5)) - acc_t(0.5);
-    return s < acc_t(0) ? 0 : static_cast<int64_t>(s);
+    return s < acc_t(0) ? acc_t(0) : s;
   }
 
+  HP_HOST_DEVICE int64_t first_source(int64_t o) const { return static_cast<int64_t>(source(o)); }
+
   HP_HOST_DEVICE BilinearTap<acc_t> tap(int64_t o) const {
-    acc_t s = align_corners ? scale * static_cast<acc_t>(o) : scale * (static_cast<acc_t>(o) + acc_t(0.5)) - acc_t(0.5);
-    if (!align_corners && s < acc_t(0)) s = acc_t(0);
+    const acc_t s = source(o);
     BilinearTap<acc_t> t;
     t.i0 = static_cast<int64_t>(s);  // truncation, as ATen's `const int h1 = h1r`
     t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
@@ -205,7 +209,11 @@ HP_UNROLL
   }
   if (with_grad) {
     scalar_t* out = a.grad + n * a.gs[0] + i * a.gs[2] + j * a.gs[3];
-    for (int k = 0; k < kClassChunk && c0 + k < a.C; ++k) out[(c0 + k) * a.gs[1]] = static_cast<scalar_t>(grads[k]);
+    HP_UNROLL
+    for (int k = 0; k < kClassChunk; ++k) {  // constant bounds: grads stays in registers
+      if (c0 + k >= a.C) break;
+      out[(c0 + k) * a.gs[1]] = static_cast<scalar_t>(grads[k]);
+    }
   }
   return loss_sum;
 }
