@@ -8,6 +8,14 @@ than the parent (pytest after heavy benchmarks).
 from __future__ import annotations
 
 import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+BENCHMARKS = Path(__file__).resolve().parent
 
 
 def peak_bytes() -> int:
@@ -22,3 +30,15 @@ def reset_peak() -> int:
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     return peak_bytes()
+
+
+def run_in_fresh_process(script: str, args: Sequence[str], folder: Path) -> dict[str, Any]:
+    """Runs ``script`` (Python source; ``{benchmarks}`` in it names this folder) in a fresh interpreter
+    with this checkout's hierparse first on the path, and returns the JSON object of its last line."""
+    path = folder / "peak.py"
+    path.write_text(script.format(benchmarks=str(BENCHMARKS)))
+    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
+    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=300, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])

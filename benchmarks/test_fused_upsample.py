@@ -14,20 +14,15 @@ Run: .venv/bin/python -m pytest benchmarks/test_fused_upsample.py --benchmark-on
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from peak_memory import run_in_fresh_process
 
-import hierparse
 from hierparse import ops
 
 CLASSES = (2, 5, 20)
@@ -170,13 +165,7 @@ def test_peak_memory_of_a_training_step(impl, case, tmp_path):
     """Peak resident memory of one training step on top of the inputs, in a fresh process, as a
     multiple of the low-resolution logits' size. Goal for fused_upsample: at most 1.5 (the step
     returns gradients of the logits' size; no full-resolution tensor)."""
-    script = tmp_path / "peak.py"
-    script.write_text(PEAK_SCRIPT.format(benchmarks=str(Path(__file__).parent)))
-    env = {**os.environ, "PYTHONPATH": str(Path(hierparse.__file__).parents[1])}  # this checkout's hierparse
-    result = subprocess.run([sys.executable, str(script), case, impl], capture_output=True, text=True, timeout=300,
-                            env=env)
-    assert result.returncode == 0, result.stderr
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    numbers = run_in_fresh_process(PEAK_SCRIPT, [case, impl], tmp_path)
     ratio = numbers["extra"] / numbers["logits"]
     print(f"\n{case} {impl}: peak extra {numbers['extra'] / 2**20:.2f} MiB = {ratio:.2f} x the low-resolution "
           f"logits ({numbers['logits'] / 2**20:.2f} MiB)")

@@ -10,15 +10,13 @@ Run: .venv/bin/python -m pytest benchmarks/test_ops.py --benchmark-only --benchm
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 import torch
+from peak_memory import run_in_fresh_process
 
 from hierparse import ops
 
@@ -147,11 +145,7 @@ def test_peak_memory_of_a_training_step(impl, tmp_path):
 
     Goal for the fused op: no more than the gradients themselves (the step must return them).
     """
-    script = tmp_path / "peak.py"
-    script.write_text(PEAK_SCRIPT.format(benchmarks=str(__import__("pathlib").Path(__file__).parent)))
-    result = subprocess.run([sys.executable, str(script), impl], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    numbers = run_in_fresh_process(PEAK_SCRIPT, [impl], tmp_path)
     ratio = numbers["extra"] / numbers["gradients"]
     print(f"\n{impl}: peak extra {numbers['extra'] / 2**20:.1f} MiB = {ratio:.2f} x the gradients "
           f"({numbers['gradients'] / 2**20:.1f} MiB)")

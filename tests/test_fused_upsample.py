@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ops import DEVICES, IGNORE, expected_losses
+from test_ops import DEVICES, IGNORE, op_and_reference
 
 from hierparse import ops
 
@@ -58,11 +58,7 @@ def assert_close_relative(got, want, relative, what):
 def check(logits, labels, table, **options):
     """Losses and gradients (of a random weighting of the losses) against expected_losses."""
     dtype = logits[0].dtype
-    leaves = [x.detach().clone().requires_grad_(True) for x in logits]
-    refs = [x.detach().clone().requires_grad_(True) for x in logits]
-    got = ops.multilevel_cross_entropy(leaves, labels, table, ignore_index=IGNORE, **options)
-    want = expected_losses(refs, labels, table, **options)
-    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == want.shape
+    leaves, got, refs, want = op_and_reference(logits, labels, table, **options)
     assert_close_relative(got, want, RELATIVE[dtype], "losses")
     weights = torch.rand(want.shape, generator=torch.Generator().manual_seed(9), dtype=want.dtype).to(want.device) + 0.5
     got_grads = torch.autograd.grad((got * weights).sum(), leaves)

@@ -71,16 +71,23 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def check_against_reference(logits, labels, table, **options):
-    dtype = logits[0].dtype
+def op_and_reference(logits, labels, table, **options):
+    """The op's losses and expected_losses, each on its own leaf copies of the logits, after
+    checking the losses' dtype and shape: (leaves, got, refs, want)."""
     leaves = [x.detach().clone().requires_grad_(True) for x in logits]
     refs = [x.detach().clone().requires_grad_(True) for x in logits]
     got = ops.multilevel_cross_entropy(leaves, labels, table, ignore_index=IGNORE, **options)
     want = expected_losses(refs, labels, table, **options)
+    assert got.dtype == (torch.float64 if logits[0].dtype == torch.float64 else torch.float32)
+    assert got.shape == want.shape
+    return leaves, got, refs, want
+
+
+def check_against_reference(logits, labels, table, **options):
+    dtype = logits[0].dtype
+    leaves, got, refs, want = op_and_reference(logits, labels, table, **options)
     loss_tol, grad_tol = TOLERANCE[dtype]
     scale = want.abs().max().item() if want.numel() else 0.0
-    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert got.shape == want.shape
     torch.testing.assert_close(got, want.to(got.dtype), atol=loss_tol * max(1.0, scale), rtol=1e-5)
     weights = torch.randn_like(want)  # a non-trivial incoming gradient
     got_grads = torch.autograd.grad((got * weights).sum(), leaves)
