@@ -1,6 +1,9 @@
 #include "multilevel_ce_host.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+#include <vector>
 
 namespace hierparse {
 namespace {
@@ -20,7 +23,7 @@ void check_label_range(int64_t min_label, int64_t max_label, int64_t K, const ch
 
 Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                  at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction,
-                 bool smaller_logits) {
+                 bool smaller_logits, const c10::optional<at::Tensor>& set_members) {
   const int64_t L = static_cast<int64_t>(logits.size());
   TORCH_CHECK_VALUE(L >= 1, op, ": expected at least one level of logits");
   TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
@@ -87,33 +90,121 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
     plan.levels.push_back(level);
   }
 
-  // The table: every entry a class of its level or ignore_index.
+  // Class sets: each row's member weights, checked; a row with one member of weight 1 is that class.
+  int64_t max_sets = 0;
+  at::Tensor members_cpu;
+  if (set_members.has_value() && set_members->defined()) {
+    const at::Tensor& m = *set_members;
+    int64_t max_classes = 0;
+    for (const LevelPlan& level : plan.levels) max_classes = std::max(max_classes, level.num_classes);
+    TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == L && m.size(2) >= max_classes, op,
+                      ": set_members must be [L, S, C] with L = ", L, " levels and C >= ", max_classes,
+                      " (the most classes of a level), got ", sizes_str(m));
+    TORCH_CHECK_VALUE(m.device() == device, op, ": set_members are on ", m.device(), " but level 0 logits are on ",
+                      device);
+    max_sets = m.size(1);
+    members_cpu = m.to(at::kCPU, at::kDouble).contiguous();
+  }
+  const double* members = members_cpu.defined() ? members_cpu.data_ptr<double>() : nullptr;
+  const int64_t member_stride = members_cpu.defined() ? members_cpu.size(2) : 0;
+  auto set_row = [&](int64_t l, int64_t s) { return members + (l * max_sets + s) * member_stride; };
+  // -2: a set with several members (or one of weight other than 1); else the class of a one-member set
+  std::vector<int64_t> single(L * max_sets, -2);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t C = plan.levels[l].num_classes;
+    for (int64_t s = 0; s < max_sets; ++s) {
+      const double* row = set_row(l, s);
+      int64_t count = 0, last = -1;
+      for (int64_t c = 0; c < member_stride; ++c) {
+        TORCH_CHECK_VALUE(row[c] >= 0 && std::isfinite(row[c]), op, ": set ", s, " of level ", l,
+                          " gives class ", c, " the member weight ", row[c], " (expected a finite weight >= 0)");
+        TORCH_CHECK_VALUE(c < C || row[c] == 0, op, ": set ", s, " of level ", l, " names class ", c,
+                          ", but level ", l, " logits have ", C, " classes");
+        if (row[c] > 0) ++count, last = c;
+      }
+      if (count == 1 && row[last] == 1.0) single[l * max_sets + s] = last;
+    }
+  }
+
+  // The table: every entry a class of its level, a set of it, or ignore_index.
+  plan.unscorable_level.assign(plan.K, -1);
+  plan.unscorable_entry.assign(plan.K, 0);
   const at::Tensor table_cpu = table.to(at::kCPU, at::kLong).contiguous();
   const int64_t* t = table_cpu.data_ptr<int64_t>();
   at::Tensor table_i32 = at::empty({L, plan.K}, at::TensorOptions().dtype(at::kInt));
   int32_t* out = table_i32.data_ptr<int32_t>();
   for (int64_t l = 0; l < L; ++l) {
+    const int64_t C = plan.levels[l].num_classes;
     for (int64_t k = 0; k < plan.K; ++k) {
       const int64_t entry = t[l * plan.K + k];
-      TORCH_CHECK_VALUE(entry == ignore_index || (entry >= 0 && entry < plan.levels[l].num_classes),
-                        op, ": table maps raw id ", k, " to class ", entry, " at level ", l,
-                        ", but level ", l, " logits have ", plan.levels[l].num_classes,
-                        " classes (0..", plan.levels[l].num_classes - 1, ") and ignore_index is ", ignore_index);
+      if (entry >= C && entry < C + max_sets && entry != ignore_index) {
+        const int64_t s = entry - C;
+        bool empty = true;
+        for (int64_t c = 0; c < C; ++c) empty = empty && set_row(l, s)[c] == 0;
+        TORCH_CHECK_VALUE(!empty, op, ": table maps raw id ", k, " to set ", s, " of level ", l,
+                          ", which has no member");
+        const int64_t one = single[l * max_sets + s];
+        out[l * plan.K + k] = static_cast<int32_t>(one >= 0 ? one : entry);
+        continue;
+      }
+      TORCH_CHECK_VALUE(entry == ignore_index || entry >= 0, op, ": table maps raw id ", k, " to class ", entry,
+                        " at level ", l, " (expected a class 0..", C - 1, " or ignore_index ", ignore_index, ")");
+      if (entry != ignore_index && entry >= C) {  // raises if a label uses it (check_scorable)
+        if (plan.unscorable_level[k] < 0) plan.unscorable_level[k] = l, plan.unscorable_entry[k] = entry;
+        out[l * plan.K + k] = -1;
+        continue;
+      }
       out[l * plan.K + k] = entry == ignore_index ? -1 : static_cast<int32_t>(entry);
+    }
+  }
+  // Pack the sets of each level that the table uses as sets ([S_l, C_l] rows, S_l = max_sets).
+  if (members != nullptr && max_sets > 0) {
+    bool any_set = false;
+    for (int64_t i = 0; i < L * plan.K; ++i) {
+      const int64_t l = i / plan.K;
+      any_set = any_set || (out[i] >= plan.levels[l].num_classes);
+    }
+    if (any_set) {
+      std::vector<float> packed;
+      for (int64_t l = 0; l < L; ++l) {
+        LevelPlan& level = plan.levels[l];
+        level.num_sets = max_sets;
+        level.set_offset = l * max_sets;
+        level.member_offset = static_cast<int64_t>(packed.size());
+        for (int64_t s = 0; s < max_sets; ++s)
+          for (int64_t c = 0; c < level.num_classes; ++c) packed.push_back(static_cast<float>(set_row(l, s)[c]));
+      }
+      plan.set_members = at::tensor(packed, at::kFloat).to(device);
     }
   }
   plan.table = table_i32.to(device);
   return plan;
 }
 
+void check_scorable(const char* op, const Plan& plan, const int64_t* counts) {
+  for (int64_t k = 0; k < plan.K; ++k) {
+    const int64_t l = plan.unscorable_level[k];
+    if (l < 0 || counts[k] == 0) continue;
+    const int64_t C = plan.levels[l].num_classes, entry = plan.unscorable_entry[k];
+    TORCH_CHECK_VALUE(false, op, ": labels contain raw id ", k, ", which the table maps to ", entry, " at level ", l,
+                      ", but level ", l, " logits have ", C, " classes (0..", C - 1, ")",
+                      plan.levels[l].num_sets ? std::string(" and ") + std::to_string(plan.levels[l].num_sets) +
+                                                    " class sets"
+                                              : std::string(""),
+                      "; an entry C + s names class set s (a coarse label), which needs set_members",
+                      std::string(op) == "tree_min_loss" ? " (tree_min_loss takes no class sets yet)" : "");
+  }
+}
+
 Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                         const c10::optional<at::Tensor>& class_weights,
                         at::ArrayRef<double> level_weights, double label_smoothing,
-                        int64_t ignore_index, int64_t reduction, bool align_corners) {
+                        int64_t ignore_index, int64_t reduction, bool align_corners,
+                        const c10::optional<at::Tensor>& set_members) {
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
                     "multilevel_cross_entropy: label_smoothing must lie in [0, 1], got ", label_smoothing);
   Plan plan = plan_levels("multilevel_cross_entropy", logits, labels, table, level_weights, ignore_index, reduction,
-                          /*smaller_logits=*/true);
+                          /*smaller_logits=*/true, set_members);
   plan.label_smoothing = label_smoothing;
   plan.align_corners = align_corners;
   const at::Device device = logits[0].device();
@@ -135,6 +226,25 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
     plan.class_weights = w.to(at::kFloat).contiguous();
   } else {
     for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);
+  }
+  // The class weight of a set: its members' class weights averaged by member weight (1 without class weights).
+  if (plan.set_members.defined()) {
+    const at::Tensor members = plan.set_members.to(at::kCPU, at::kDouble);
+    const at::Tensor w_cpu =
+        plan.class_weights.defined() ? plan.class_weights.to(at::kCPU, at::kDouble) : at::Tensor();
+    for (const LevelPlan& level : plan.levels) {
+      for (int64_t s = 0; s < level.num_sets; ++s) {
+        const double* row = members.data_ptr<double>() + level.member_offset + s * level.num_classes;
+        double weighted = 0, total = 0;
+        for (int64_t c = 0; c < level.num_classes; ++c) {
+          const double w = w_cpu.defined() ? w_cpu.data_ptr<double>()[level.weight_offset + c] : 1.0;
+          weighted += row[c] * w;
+          total += row[c];
+        }
+        plan.set_weight_values.push_back(total > 0 ? weighted / total : 0.0);
+      }
+    }
+    plan.set_weights = at::tensor(plan.set_weight_values, at::kDouble).to(device);
   }
   return plan;
 }
@@ -178,7 +288,10 @@ void set_level_scales(Plan& plan, const at::Tensor& label_counts) {
     for (int64_t k = 0; k < plan.K; ++k) {
       const int32_t target = t[l * plan.K + k];
       if (target < 0 || n[k] == 0) continue;
-      const double w = weights.defined() ? weights.data_ptr<double>()[level.weight_offset + target] : 1.0;
+      const bool is_set = target >= level.num_classes;
+      const double w = is_set   ? plan.set_weight_values[level.set_offset + target - level.num_classes]
+                       : weights.defined() ? weights.data_ptr<double>()[level.weight_offset + target]
+                                           : 1.0;
       divisor += static_cast<double>(n[k]) * w;
     }
     // A level without valid pixels contributes loss 0 and gradient 0 (PyTorch would give NaN).

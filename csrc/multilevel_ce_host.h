@@ -18,6 +18,9 @@ struct LevelPlan {
   int64_t weight_offset = 0;  // index of this level's first class when all levels' classes are packed
   double weight_sum = 0;      // W = sum of this level's class weights
   double level_weight = 1;
+  int64_t num_sets = 0;       // class sets of this level: table entries num_classes .. num_classes + num_sets - 1
+  int64_t set_offset = 0;     // index of this level's first set when all levels' sets are packed
+  int64_t member_offset = 0;  // index of this level's first member weight in the packed [S_l, C_l] rows
   double grad_scale = 0;      // multiplier of the per-pixel gradient
   double loss_scale = 0;      // multiplier of the summed per-pixel losses ("mean"/"sum")
 };
@@ -25,6 +28,15 @@ struct LevelPlan {
 struct Plan {
   at::Tensor table;          // int32 [L, K] on the logits' device, -1 where ignored
   at::Tensor class_weights;  // float32 [sum C_l] on the logits' device, or undefined
+  // Class sets (labels naming a node above a level), packed level after level, on the logits' device:
+  // set_members float32 [sum S_l C_l] (set s of level l: its C_l member weights, 0 = not a member),
+  // set_weights float64 [sum S_l] (the class weight of each set); undefined when no level has a set.
+  at::Tensor set_members, set_weights;
+  std::vector<double> set_weight_values;  // set_weights on the host
+  // Raw ids whose table entry at some level is past its classes and sets (e.g. a class set given without
+  // set_members): the level (-1: none) and the entry. They are ignored in the int32 table and raise as
+  // soon as a label uses them (check_scorable), so a table may hold entries that no label needs.
+  std::vector<int64_t> unscorable_level, unscorable_entry;
   std::vector<LevelPlan> levels;
   int64_t N = 0, H = 0, W = 0, K = 0;
   Reduction reduction = Reduction::Mean;
@@ -36,17 +48,19 @@ struct Plan {
 // The checks and plan shared by the fused ops (op names the operator in messages): levels of logits
 // against labels and table, the reduction code, the int32 table; no class weights. With
 // smaller_logits, a level's logits may be smaller than the labels (at least 1 x 1), else they must
-// have the labels' size.
+// have the labels' size. set_members [L, S, >= max C_l] (float, >= 0) lets table entries C_l + s name
+// set s of level l; a set with one member of weight 1 becomes that class (the same arithmetic).
 Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                  at::ArrayRef<double> level_weights, int64_t ignore_index, int64_t reduction,
-                 bool smaller_logits = false);
+                 bool smaller_logits = false, const c10::optional<at::Tensor>& set_members = c10::nullopt);
 
 // Validates every argument and prepares the table and weights; throws c10::Error with a message
 // naming the level and the offending values.
 Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                         const c10::optional<at::Tensor>& class_weights,
                         at::ArrayRef<double> level_weights, double label_smoothing,
-                        int64_t ignore_index, int64_t reduction, bool align_corners);
+                        int64_t ignore_index, int64_t reduction, bool align_corners,
+                        const c10::optional<at::Tensor>& set_members);
 
 // The grad_weights of multilevel_cross_entropy (for reduction "none" only, shaped like the losses),
 // checked and converted to the loss type, contiguous; undefined when not given.
@@ -56,6 +70,9 @@ at::Tensor checked_pixel_grad_weights(const Plan& plan, const c10::optional<at::
 // Multiplies each level's gradients at the labels' size by its plane of grad_weights [L, N, H, W]
 // (levels upsampled in the op are weighed by their kernel, before the scatter).
 void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, const at::Tensor& grad_weights);
+
+// Raises when a label uses a raw id that plan.unscorable_level marks; counts: the label histogram [K].
+void check_scorable(const char* op, const Plan& plan, const int64_t* counts);
 
 // Raises unless every label id lies in 0..K-1.
 void check_label_range(int64_t min_label, int64_t max_label, int64_t K,

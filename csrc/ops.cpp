@@ -16,13 +16,15 @@ TORCH_LIBRARY(hierparse, m) {
   // pass. reduction: 0 none ([L, N, H, W]), 1 mean ([L]), 2 sum ([L]). A level's logits [N, C, h, w]
   // may be smaller than the labels [N, H, W]: they are then upsampled inside the op as
   // F.interpolate(mode="bilinear", align_corners=align_corners) would, and their gradients are
-  // returned at [N, C, h, w]. grad_weights (reduction "none" only, shaped like the losses): the
+  // returned at [N, C, h, w]. set_members [L, S, C]: a table entry C_l + s at level l names set s of
+  // that level, scored as -log sum_c set_members[l, s, c] softmax(x_l)_c. grad_weights (reduction
+  // "none" only, shaped like the losses): the
   // gradients are those of sum(grad_weights * losses), each pixel weighed before its gradient is
   // scattered to low resolution.
   m.def(
       "multilevel_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
       "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad, "
-      "bool align_corners=False, Tensor? grad_weights=None) -> (Tensor, Tensor[])");
+      "bool align_corners=False, Tensor? set_members=None, Tensor? grad_weights=None) -> (Tensor, Tensor[])");
   // HSSN's tree-min loss over the class tree whose nodes are the classes of all levels; `parents`
   // holds the parent class of each class of levels 1..L-1, level after level. With compute_grad,
   // also writes d(sum of grad_weights * losses)/d(logits) (grad_weights: ones when None, else

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from hierparse.losses import LOSSES, OHEM, check_decode, check_loss_options
+from hierparse.data.mixture import check_sources
+from hierparse.losses import COARSE_LABELS, LOSSES, OHEM, check_decode, check_loss_options
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
 from hierparse.predict import DECODE_MODES
 
@@ -27,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "root": None,                     # dataset folder (layouts on disk)
     "train_split": "train",
     "val_split": "val",
+    "datasets": None,                 # training sources mixed by weight instead of dataset/root/train_split: a list
+                                      # of {dataset, root, split, weight, coarsen, n, first} (hierparse.data.mixture)
     "synthetic_train_images": 20000,  # distinct synthetic training images (sample i is fixed by seed, split, i)
     "synthetic_val_images": 200,
     "crop_size": 128,                 # training crop (after random scale and flip)
@@ -50,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
                                       # half the next finer one ([0.25, 0.5, 1] for three levels)
     "class_weights": None,            # per level: a list of per-class weights or null
     "label_smoothing": 0.0,
+    "coarse_labels": "marginal",      # labels naming a group (coarse): marginal, the set's summed probability at
+                                      # finer levels; ignore: they train their own level and coarser ones only
+    "teacher": None,                  # {checkpoint, threshold}: coarse labels relabelled with a trained model's best
+                                      # class inside each one's set (hierparse.engine.teacher); null: off
     "ohem": {"threshold": 0.7, "min_kept": 3000},  # hard-pixel mining per level (softmax); null: off.
                                       # 3000 of a 128x128 crop's pixels: mmseg's Cityscapes fraction
     # solver
@@ -80,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
 # Keys that may be null, and the type they have otherwise (the others have their default's type).
 NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
-    "class_weights": list, "amp": str, "threads": int, "ohem": dict,
+    "class_weights": list, "amp": str, "threads": int, "ohem": dict, "datasets": list, "teacher": dict,
 }
 # Words a key takes besides values of its type.
 WORDS: dict[str, tuple[str, ...]] = {"level_weights": ("fine",)}
@@ -91,6 +98,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "amp": (None, "bf16", "fp16", "auto"),
     "decode": DECODE_MODES,
     "loss": LOSSES,
+    "coarse_labels": COARSE_LABELS,
 }
 POSITIVE = ("crop_size", "batch_size", "max_iters", "eval_interval", "log_interval", "lr",
             "synthetic_train_images", "synthetic_val_images", "threads", "output_stride")
@@ -138,6 +146,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     check_loss_options(config["loss"], focal_gamma=config["focal_gamma"], class_weights=config["class_weights"],
                        label_smoothing=config["label_smoothing"], ohem=OHEM.from_config(config["ohem"]))
     check_decode(config["loss"], config["decode"])
+    if config["datasets"] is not None:
+        check_sources(config["datasets"])
     if config["loss"] == "tree_min" and not config["stacked"]:
         raise ValueError("loss tree_min scores every level of the class tree; it needs stacked: true")
     if config["module_width"] < 2:

@@ -4,6 +4,10 @@ A hierarchy file lists named classes as a tree; leaves name the raw label ids th
 annotation files. Level ``l`` holds every class at depth ``l`` plus every leaf shallower than
 ``l`` (a class with no children continues unchanged to the finer levels). At every level, classes
 keep the order in which they first appear in the file.
+
+A group may name raw ids too: a pixel with such an id is labelled "somewhere in this subtree" (a
+coarse label). At the group's level and above it is an ordinary class; at each finer level it is
+the *set* of the group's descendants there, which the losses score by its summed probability.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class HierarchyError(ValueError):
 
 @dataclasses.dataclass
 class ClassNode:
-    """One named class of the tree; ``ids`` are set on leaves only."""
+    """One named class of the tree; ``ids`` are the raw label ids of pixels labelled with this node
+    (every leaf has some; a group may, for coarse labels)."""
 
     name: str
     depth: int
@@ -64,6 +69,13 @@ def classes_at_level(roots: Sequence[ClassNode], level: int) -> list[ClassNode]:
         for node in root.walk()
         if node.depth == level or (node.is_leaf and node.depth < level)
     ]
+
+
+def _walk_with_ancestors(node: ClassNode, ancestors: tuple[ClassNode, ...] = ()):
+    """(node, its ancestors nearest first) for ``node`` and its descendants, in file order."""
+    yield node, ancestors
+    for child in node.children:
+        yield from _walk_with_ancestors(child, (node, *ancestors))
 
 
 def voc_palette(index: int) -> tuple[int, int, int]:
@@ -154,21 +166,89 @@ class Hierarchy:
             self._collect_parents(child, node, level, coarse, out)
 
     # ------------------------------------------------------------------ tables
+    def level_targets(self, level: int) -> list[tuple[ClassNode, list[int]]]:
+        """Every node with raw ids and the classes of ``level`` it stands for: one (the class that
+        is or contains it) or, for a group above ``level``, its descendants there, in class order."""
+        level = self._level(level)
+        members = {id(node): i for i, node in enumerate(self._level_nodes[level])}
+        targets = []
+        for root in self.roots:
+            for node, ancestors in _walk_with_ancestors(root):
+                if not node.ids:
+                    continue
+                holder = next((n for n in (node, *ancestors) if id(n) in members), None)
+                if holder is not None:
+                    targets.append((node, [members[id(holder)]]))
+                else:
+                    targets.append((node, sorted({members[id(d)] for d in node.walk() if id(d) in members})))
+        return targets
+
     def label_table(self) -> torch.Tensor:
-        """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere."""
+        """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere.
+
+        A raw id whose node stands for several classes of a level (a group above it) has the entry
+        ``num_classes[level] + s`` there: row ``s`` of that level in :meth:`set_members`.
+        """
         table = torch.full((self.num_levels, NUM_RAW_IDS), self.ignore_index, dtype=torch.int64)
         for level in range(self.num_levels):
-            for index, node in enumerate(self._level_nodes[level]):
-                for leaf in node.leaves():
-                    table[level, leaf.ids] = index
+            sets: list[list[int]] = []
+            for node, classes in self.level_targets(level):
+                if len(classes) == 1:
+                    table[level, node.ids] = classes[0]
+                else:
+                    table[level, node.ids] = self.num_classes[level] + len(sets)
+                    sets.append(classes)
         return table
 
+    def set_members(self) -> torch.Tensor:
+        """float32 ``[num_levels, S, max classes]``: row ``s`` of a level is 1 at the classes of its
+        set ``s`` (see :meth:`label_table`), 0 elsewhere; ``S`` is the most sets of any level (0 when
+        every raw id is an exact class at every level)."""
+        per_level = [[classes for _, classes in self.level_targets(level) if len(classes) > 1]
+                     for level in range(self.num_levels)]
+        members = torch.zeros(self.num_levels, max(map(len, per_level)), max(self.num_classes))
+        for level, sets in enumerate(per_level):
+            for s, classes in enumerate(sets):
+                members[level, s, classes] = 1.0
+        return members
+
+    def exact_table(self) -> torch.Tensor:
+        """:meth:`label_table` with set entries ignored: what a level is scored on (metrics)."""
+        table = self.label_table()
+        counts = torch.tensor(self.num_classes).unsqueeze(1)
+        return torch.where((table >= counts) & (table != self.ignore_index), self.ignore_index, table)
+
     def declared_ids(self) -> list[int]:
-        """Raw ids that may appear in annotation files: leaf ids, ignored ids and ``ignore_index``."""
-        ids = {i for leaf in self.leaves() for i in leaf.ids} | set(self.ignore_ids)
+        """Raw ids that may appear in annotation files: node ids, ignored ids and ``ignore_index``."""
+        ids = {i for root in self.roots for node in root.walk() for i in node.ids} | set(self.ignore_ids)
         if 0 <= self.ignore_index < NUM_RAW_IDS:
             ids.add(self.ignore_index)
         return sorted(ids)
+
+    def coarsening(self, level: int | str) -> np.ndarray:
+        """uint8 ``[256]``: each raw id relabelled with the first raw id of its node's ancestor at
+        ``level`` (name or index) when the node lies below that level; other ids unchanged.
+
+        Turns fine annotations into coarse ones (e.g. parts into regions) for studies and tests;
+        raises ValueError naming the group when an ancestor needed has no raw ids.
+        """
+        if isinstance(level, str):
+            if level not in self.level_names:
+                raise ValueError(f"hierarchy {self.name!r} has no level {level!r} (levels: "
+                                 f"{', '.join(self.level_names)})")
+            level = self.level_names.index(level)
+        level = self._level(level)
+        lookup = np.arange(NUM_RAW_IDS, dtype=np.uint8)
+        for root in self.roots:
+            for node, ancestors in _walk_with_ancestors(root):
+                if node.depth <= level or not node.ids:
+                    continue
+                holder = next(a for a in ancestors if a.depth == level)
+                if not holder.ids:
+                    raise ValueError(f"{self.source}: group {holder.name!r} at level {self.level_names[level]!r} "
+                                     "has no raw ids, so labels cannot be coarsened to it; give it 'ids'")
+                lookup[node.ids] = holder.ids[0]
+        return lookup
 
     def colors(self, level: int) -> list[tuple[int, int, int]]:
         """RGB per class of ``level``: the declared colour, else the VOC palette entry of its index."""
@@ -178,13 +258,20 @@ class Hierarchy:
         ]
 
     def flip_permutation(self) -> torch.Tensor:
-        """int64 ``[256]``: the raw id each raw id becomes when the image is mirrored."""
+        """int64 ``[256]``: the raw id each raw id becomes when the image is mirrored.
+
+        A group's ids go to the group whose leaves are its leaves mirrored (itself when they are
+        mirror-symmetric, as every group of the built-in trees is).
+        """
         perm = torch.arange(NUM_RAW_IDS, dtype=torch.int64)
-        leaves = {leaf.name: leaf for leaf in self.leaves()}
-        for left, right in self.flip_pairs:
-            left_ids, right_ids = leaves[left].ids, leaves[right].ids
-            perm[left_ids] = torch.tensor(right_ids)
-            perm[right_ids] = torch.tensor(left_ids)
+        swap = {name: other for pair in self.flip_pairs for name, other in (pair, pair[::-1])}
+        by_leaves = {frozenset(leaf.name for leaf in node.leaves()): node
+                     for root in self.roots for node in root.walk()}
+        for root in self.roots:
+            for node in root.walk():
+                if node.ids:
+                    mirrored = frozenset(swap.get(leaf.name, leaf.name) for leaf in node.leaves())
+                    perm[node.ids] = torch.tensor(by_leaves[mirrored].ids)
         return perm
 
     def fine_to_raw(self) -> torch.Tensor:
@@ -214,7 +301,7 @@ class Hierarchy:
     def to_dict(self) -> dict[str, Any]:
         def node_dict(node: ClassNode) -> dict[str, Any]:
             out: dict[str, Any] = {"name": node.name}
-            if node.is_leaf:
+            if node.ids:
                 out["ids"] = list(node.ids)
             if node.color is not None:
                 out["color"] = list(node.color)
@@ -297,6 +384,7 @@ class _Validator:
             roots = [root for root in roots if root is not None]
         self.check_names_and_ids(roots, ignore_ids, ignore_index, len(levels))
         flip_pairs = self.flip_pairs(data.get("flip_pairs", []), roots)
+        self.check_mirrored_groups(roots, flip_pairs)
         if self.problems:
             raise HierarchyError(self.problems)
         return Hierarchy(
@@ -341,8 +429,6 @@ class _Validator:
             )
         node = ClassNode(name=name, depth=depth, color=self.color(item.get("color"), where), where=where)
         has_children = "children" in item
-        if has_children and "ids" in item:
-            self.problem(where, "a class has either 'ids' (a leaf) or 'children' (a group), not both")
         if has_children:
             children = item["children"]
             if not isinstance(children, list) or not children:
@@ -352,12 +438,12 @@ class _Validator:
                     built = self.node(child, depth + 1, f"{where}.children[{i}]", num_levels)
                     if built is not None:
                         node.children.append(built)
-        elif "ids" in item:
-            if item["ids"] == []:
-                self.problem(where, "a leaf must list at least one raw id in 'ids'")
-            node.ids = self.raw_ids(item["ids"], where)
-        else:
+        elif "ids" not in item:
             self.problem(where, "a class needs 'ids' (a leaf) or 'children' (a group)")
+        if "ids" in item:
+            if item["ids"] == []:
+                self.problem(where, "'ids' must list at least one raw id (leave it out of a group without ids)")
+            node.ids = self.raw_ids(item["ids"], where)
         return node
 
     def color(self, value: Any, where: str) -> tuple[int, int, int] | None:
@@ -445,6 +531,24 @@ class _Validator:
             if ok:
                 pairs.append((pair[0], pair[1]))
         return pairs
+
+
+    def check_mirrored_groups(self, roots: list[ClassNode], flip_pairs: list[tuple[str, str]]) -> None:
+        """A group with raw ids must have a mirror image (a node whose leaves are its leaves with the
+        flip pairs swapped, with as many ids), so that mirroring can relabel its pixels."""
+        swap = {name: other for pair in flip_pairs for name, other in (pair, pair[::-1])}
+        nodes = [node for root in roots for node in root.walk()]
+        by_leaves = {frozenset(leaf.name for leaf in node.leaves()): node for node in nodes}
+        for node in nodes:
+            if not (node.ids and node.children):
+                continue
+            mirror = by_leaves.get(frozenset(swap.get(leaf.name, leaf.name) for leaf in node.leaves()))
+            if mirror is None:
+                self.problem(node.where, "this group has raw ids but no mirror image under flip_pairs (no class "
+                             "covers its leaves with left and right swapped)")
+            elif len(mirror.ids) != len(node.ids):
+                self.problem(node.where, f"this group and its mirror image {mirror.name!r} cover different "
+                             f"numbers of raw ids ({len(node.ids)} and {len(mirror.ids)})")
 
 
 def builtin_names() -> list[str]:

@@ -15,6 +15,8 @@ from hierparse.hierarchy import Hierarchy, load_hierarchy
 
 
 LOSSES = ("softmax", "tree_min")
+# What a label naming a group does at the levels finer than the group (see HierarchicalLoss).
+COARSE_LABELS = ("marginal", "ignore")
 # The decodings that read a model's scores the way its loss trained them: "consistent" multiplies
 # per-level softmax probabilities, "tree" adds per-node sigmoid scores (hierparse.predict.decode).
 DECODES_OF_LOSS = {"softmax": ("independent", "consistent"), "tree_min": ("independent", "tree")}
@@ -59,7 +61,8 @@ class OHEM:
     Per level, a valid pixel is kept when the softmax probability of its target class is below
     ``max(threshold, p_k)``, where ``p_k`` is the ``k``-th smallest target probability of the batch
     and ``k = min_kept * batch size`` (so at least ``k`` pixels are kept when there are that many).
-    The probabilities are the plain softmax, whatever the class weights or label smoothing.
+    The probabilities are the plain softmax, whatever the class weights or label smoothing; for a
+    pixel labelled with a class set, the summed probability of the set.
     """
 
     threshold: float = 0.7
@@ -105,6 +108,9 @@ class HierarchicalLoss(nn.Module):
     A flat model (one output for the finest level) is scored on the finest level only.
     ``ohem``: train every level on its hard pixels only (:class:`OHEM`); each level's loss is then
     the mean over the pixels it keeps.
+    ``coarse_labels``: what a label naming a group (a coarse label) does at the finer levels:
+    ``"marginal"``, the softmax loss scores the summed probability of the group's classes there;
+    ``"ignore"``, nothing (it trains its own level and the coarser ones only).
     """
 
     def __init__(
@@ -117,8 +123,11 @@ class HierarchicalLoss(nn.Module):
         ohem: OHEM | None = None,
         loss: str = "softmax",
         focal_gamma: float = 0.0,
+        coarse_labels: str = "marginal",
     ):
         super().__init__()
+        if coarse_labels not in COARSE_LABELS:
+            raise ValueError(f"coarse_labels must be one of {', '.join(COARSE_LABELS)}, got {coarse_labels!r}")
         check_loss_options(loss, focal_gamma=focal_gamma, class_weights=class_weights,
                            label_smoothing=label_smoothing, ohem=ohem)
         self.kind, self.focal_gamma, self.ohem = loss, float(focal_gamma), ohem
@@ -135,7 +144,9 @@ class HierarchicalLoss(nn.Module):
             raise ValueError(f"got {len(class_weights)} class-weight entries for the {levels} levels of {self.hierarchy.name!r}")
         self.level_weights = None if level_weights is None else [float(w) for w in level_weights]
         self.label_smoothing = float(label_smoothing)
-        self.register_buffer("table", self.hierarchy.label_table(), persistent=False)
+        table = self.hierarchy.label_table() if coarse_labels == "marginal" else self.hierarchy.exact_table()
+        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("set_members", self.hierarchy.set_members(), persistent=False)
         self._class_weight_names = []
         for level, weights in enumerate(class_weights or []):
             count = self.hierarchy.num_classes[level]
@@ -161,8 +172,8 @@ class HierarchicalLoss(nn.Module):
                 + ("(or give 1 for a flat model)" if self.kind == "softmax" else
                    "(loss tree_min needs one output per level: stacked true)")
             )
-        table = self.table[chosen]
-        # The tree-min op takes logits at the labels' size only (for now).
+        table, set_members = self.table[chosen], self.set_members[chosen] if self.set_members.shape[1] else None
+        # The tree-min op takes logits at the labels' size only, and no coarse labels (it says so), for now.
         if self.kind == "tree_min":
             size = labels.shape[-2:]
             logits = [
@@ -179,6 +190,7 @@ class HierarchicalLoss(nn.Module):
             if self._class_weight_names
             else None,
             label_smoothing=self.label_smoothing,
+            set_members=set_members,
         )
         if self.ohem is None:
             return ops.multilevel_cross_entropy(logits, labels, table, **options)
@@ -189,7 +201,7 @@ class HierarchicalLoss(nn.Module):
         """Per level: the mean per-pixel loss over the pixels :class:`OHEM` keeps (0 if none)."""
         with torch.no_grad():  # target probabilities: the plain softmax, from the same fused op
             nll = ops.multilevel_cross_entropy(logits, labels, table, ignore_index=options["ignore_index"],
-                                               reduction="none")
+                                               reduction="none", set_members=options["set_members"])
             targets = table[:, labels.long()]
             valid = targets != options["ignore_index"]
             kept = torch.stack([self.ohem.kept(torch.exp(-nll[level]), valid[level])

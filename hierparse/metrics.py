@@ -60,14 +60,14 @@ class ParsingMetrics:
 
     ``update(preds, labels)`` takes ``preds`` as a list of class-index maps, one per level (coarse to
     fine), or as a single finest-level map (e.g. from a flat model), and ``labels`` as raw ids; all of
-    one shape (usually ``[N, H, W]``). Pixels whose label is ignored at a level do not count at that
+    one shape (usually ``[N, H, W]``). Pixels whose label is ignored at a level, or is coarser than it (a group above it), do not count at that
     level. Do not mix the two forms of ``preds`` between resets.
     """
 
     def __init__(self, hierarchy: Hierarchy | str):
         self.hierarchy = load_hierarchy(hierarchy)
         self.num_classes = self.hierarchy.num_classes
-        self._label_table = self.hierarchy.label_table()
+        self._label_table = self.hierarchy.exact_table()  # a coarse label counts at its own level and above
         self._fine_to_level = self._fine_class_ancestors()
         # Layout of the count vector: one C*C block per level, then the three scalars below.
         self._offsets = [0]

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hierparse import config as configuration
 from hierparse.data import build_dataset, train_transform
+from hierparse.data.mixture import build_mixture
 from hierparse.engine import distributed
 from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
                                         load_checkpoint, model_config, restore_rng)
@@ -36,6 +37,7 @@ from hierparse.engine.command import run_command
 from hierparse.engine.io import save_torch, write_text, writable_dir
 from hierparse.engine.run_log import RunLog
 from hierparse.engine.sampling import EpochSampler, SeededSamples
+from hierparse.engine.teacher import SetTeacher
 from hierparse.engine.visualize import plot_curves
 from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
                                 save_sample_grid)
@@ -191,6 +193,9 @@ class Trainer:
         config = self.config
         options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
         augment = train_transform(self.hierarchy, config["crop_size"], scale=tuple(config["train_scale"]))
+        if config["datasets"] is not None:
+            return (build_mixture(config["datasets"], self.hierarchy, augment, config["crop_size"], config["train_split"]),
+                    build_eval_dataset(config, self.hierarchy, config["val_split"]))
         train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
                                   transform=augment, size=config["crop_size"], **options)
         return (require_samples(train_set, config, config["train_split"]),
@@ -219,7 +224,11 @@ class Trainer:
                                      class_weights=config["class_weights"],
                                      label_smoothing=config["label_smoothing"],
                                      ohem=OHEM.from_config(config["ohem"]), loss=config["loss"],
-                                     focal_gamma=config["focal_gamma"]).to(self.device)
+                                     focal_gamma=config["focal_gamma"],
+                                     coarse_labels=config["coarse_labels"]).to(self.device)
+        self.teacher = SetTeacher.from_config(config["teacher"], self.hierarchy, self.device)
+        if self.teacher is not None:
+            self.teacher.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
@@ -252,6 +261,8 @@ class Trainer:
         """One optimiser step; returns the per-level losses averaged over processes (detached)."""
         images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = batch["label"].to(self.device, non_blocking=True)
+        if self.teacher is not None:
+            labels = self.teacher.relabel(images, labels)
         with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp], enabled=self.amp is not None):
             logits = self.network(images)
         losses = self.loss([scores.float() for scores in logits], labels)

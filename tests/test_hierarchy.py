@@ -262,11 +262,11 @@ CASES = [
      [(TORSO, "empty group: 'children' must list at least one class, got []")]),
     ("null-group", "{name: Torso, ids: [3, 4]}", "{name: Torso, children: }",
      [(TORSO, "empty group: 'children' must list at least one class, got None")]),
-    ("leaf-with-empty-ids", "ids: [3, 4]", "ids: []", [(TORSO, "a leaf must list at least one raw id in 'ids'")]),
+    ("leaf-with-empty-ids", "ids: [3, 4]", "ids: []", [(TORSO, "'ids' must list at least one raw id")]),
     ("class-without-ids-or-children", "{name: Torso, ids: [3, 4]}", "{name: Torso}",
      [(TORSO, "a class needs 'ids' (a leaf) or 'children' (a group)")]),
-    ("ids-and-children", "{name: Background, ids: 0}", "{name: Background, ids: 0, children: [{name: Sky, ids: 5}]}",
-     [("classes[0] (Background)", "either 'ids' (a leaf) or 'children' (a group), not both")]),
+    ("group-id-claimed-by-a-leaf", "name: Person\n", "name: Person\n    ids: 1\n",
+     [(LEFT, f"raw id 1 is already claimed by 'Person' at {P}")]),
     ("class-not-a-mapping", "{name: Torso, ids: [3, 4]}", "Torso",
      [(f"{P}.children[2]", "expected a class mapping with a name, got 'Torso'")]),
     ("class-without-name", "{name: Torso, ids: [3, 4]}", "{ids: [3, 4]}",
@@ -455,3 +455,86 @@ def test_readme_example_is_valid_and_as_described():
     assert h.colors(0)[0] == h.colors(2)[0] == (70, 130, 180) and h.colors(0)[2] == (220, 20, 60)
     assert h.flip_permutation()[:9].tolist() == [0, 1, 2, 3, 4, 5, 7, 6, 8]
     assert h.to_raw(torch.tensor([3])).tolist() == [4]
+
+
+# ---------------------------------------------------------------------- groups with raw ids (coarse labels)
+COARSE = """\
+name: coarse
+levels: [object, part, detail]
+classes:
+  - {name: Background, ids: 0}
+  - name: Person
+    ids: 10
+    children:
+      - name: Upper
+        ids: 11
+        children:
+          - {name: Left-arm, ids: 1}
+          - {name: Right-arm, ids: 2}
+          - {name: Chest, ids: 3}
+      - {name: Legs, ids: 4}
+  - name: Things
+    ids: 12
+    children:
+      - {name: Left-glove, ids: 5}
+      - {name: Hat, ids: 6}
+  - {name: Right-glove, ids: 7}
+flip_pairs: [[Left-arm, Right-arm]]
+"""
+
+
+def test_group_ids_are_classes_at_and_above_their_level_and_sets_below():
+    h = hierarchy_from_yaml(COARSE)
+    assert h.class_names(1) == ["Background", "Upper", "Legs", "Left-glove", "Hat", "Right-glove"]
+    assert h.class_names(2) == ["Background", "Left-arm", "Right-arm", "Chest", "Legs", "Left-glove", "Hat",
+                                "Right-glove"]
+    table, members = h.label_table(), h.set_members()
+    # Person (10): class 1 at level 0, set {Upper, Legs} at level 1, set {arms, chest, legs} at level 2
+    assert table[:, 10].tolist() == [1, 6 + 0, 8 + 0]
+    assert table[:, 11].tolist() == [1, 1, 8 + 1]  # Upper: exact at its own level and above
+    assert table[:, 12].tolist() == [2, 6 + 1, 8 + 2]
+    assert table[:, 3].tolist() == [1, 1, 3]
+    assert members.shape == (3, 3, 8)
+    assert members[0].sum() == 0  # no set at the coarsest level
+    assert members[1, 0].nonzero().flatten().tolist() == [1, 2]
+    assert members[1, 1].nonzero().flatten().tolist() == [3, 4]
+    assert members[2, 0].nonzero().flatten().tolist() == [1, 2, 3, 4]
+    assert members[2, 1].nonzero().flatten().tolist() == [1, 2, 3]
+    assert members[2, 2].nonzero().flatten().tolist() == [5, 6]
+    exact = h.exact_table()
+    assert exact[:, 10].tolist() == [1, 255, 255] and exact[:, 11].tolist() == [1, 1, 255]
+    assert torch.equal(exact[:, :8], table[:, :8])
+    assert h.declared_ids() == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 255]
+
+
+def test_group_ids_survive_a_round_trip_and_flip_onto_their_mirror():
+    h = hierarchy_from_yaml(COARSE)
+    again = hierarchy_from_yaml(h.to_yaml())
+    assert again == h and torch.equal(again.label_table(), h.label_table())
+    perm = h.flip_permutation()
+    assert perm[[1, 2, 10, 11, 12]].tolist() == [2, 1, 10, 11, 12]  # symmetric groups map to themselves
+
+
+def test_coarsening_relabels_below_a_level_with_the_group_id():
+    h = hierarchy_from_yaml(COARSE)
+    part = h.coarsening("part")
+    assert part[[0, 1, 2, 3, 4, 5, 10, 11, 12, 200]].tolist() == [0, 11, 11, 11, 4, 5, 10, 11, 12, 200]
+    obj = h.coarsening(0)
+    assert obj[[1, 4, 11, 5, 6, 7]].tolist() == [10, 10, 10, 12, 12, 7]
+    with pytest.raises(ValueError, match="no level 'region'"):
+        h.coarsening("region")
+    no_ids = COARSE.replace("        ids: 11\n", "")
+    with pytest.raises(ValueError, match="group 'Upper' at level 'part' has no raw ids"):
+        hierarchy_from_yaml(no_ids).coarsening("part")
+
+
+@pytest.mark.parametrize("things, message", [
+    ("[{name: Left-glove, ids: 5}, {name: Hat, ids: 6}]", "this group has raw ids but no mirror image"),
+    ("[{name: Left-glove, ids: 5}]", "this group and its mirror image 'Right-glove' cover different numbers of raw ids"),
+])
+def test_a_group_with_ids_needs_a_mirror_image(things, message):
+    text = COARSE.replace("ids: 12\n", "ids: [12, 13]\n").replace(
+        "    children:\n      - {name: Left-glove, ids: 5}\n      - {name: Hat, ids: 6}\n", f"    children: {things}\n")
+    text = text.replace("[[Left-arm, Right-arm]]", "[[Left-arm, Right-arm], [Left-glove, Right-glove]]")
+    with pytest.raises(HierarchyError, match=f"classes\\[2\\] \\(Things\\): {message}"):
+        hierarchy_from_yaml(text)

@@ -63,7 +63,7 @@ def random_batch(hierarchy, shape, seed, agree=0.6):
     generator = torch.Generator().manual_seed(seed)
     declared = torch.tensor(hierarchy.declared_ids(), dtype=torch.uint8)
     labels = declared[torch.randint(len(declared), shape, generator=generator)]
-    table = hierarchy.label_table()
+    table = hierarchy.exact_table()  # coarse labels: ignored below their level
     preds = []
     for level, classes in enumerate(hierarchy.num_classes):
         target = table[level, labels.long()]

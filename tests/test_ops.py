@@ -331,9 +331,16 @@ def test_labels_outside_the_table(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_table_entry_beyond_the_level_classes(device):
+    """An entry past a level's classes (a class set without set_members) raises once a label uses it;
+    unused, it changes nothing."""
     logits, labels, table = random_problem(classes=(2, 3), num_ids=3, device=device)
+    before = ops.multilevel_cross_entropy(logits, labels, table)
     table[1, 7] = 3
-    bad(r"table maps raw id 7 to class 3 at level 1, but level 1 logits have 3 classes", logits, labels, table)
+    assert torch.equal(ops.multilevel_cross_entropy(logits, labels, table), before)
+    labels[0, 0, 0] = 7
+    bad(r"labels contain raw id 7, which the table maps to 3 at level 1, but level 1 logits have 3 classes "
+        r"\(0..2\); an entry C \+ s names class set s \(a coarse label\), which needs set_members",
+        logits, labels, table)
     table[1, 7] = -5
     bad("to class -5 at level 1", logits, labels, table)
 

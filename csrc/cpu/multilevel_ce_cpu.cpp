@@ -272,12 +272,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
     const c10::optional<at::Tensor>& class_weights, at::ArrayRef<double> level_weights,
     double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad, bool align_corners,
-    const c10::optional<at::Tensor>& grad_weights) {
+    const c10::optional<at::Tensor>& set_members, const c10::optional<at::Tensor>& grad_weights) {
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
-                                 ignore_index, reduction, align_corners);
+                                 ignore_index, reduction, align_corners, set_members);
   const at::Tensor pixel_grad_weights = checked_pixel_grad_weights(plan, grad_weights, logits[0].device());
   const at::Tensor contiguous_labels = labels.contiguous();
-  set_level_scales(plan, label_counts(contiguous_labels, plan.K));
+  const at::Tensor counts = label_counts(contiguous_labels, plan.K);
+  check_scorable("multilevel_cross_entropy", plan, counts.data_ptr<int64_t>());
+  set_level_scales(plan, counts);
 
   at::Tensor losses = allocate_losses(plan, logits[0]);
   std::vector<at::Tensor> grads;
@@ -307,6 +309,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     }
     a.table = plan.table.data_ptr<int32_t>() + l * plan.K;
     a.class_w = weights ? weights + lp.weight_offset : nullptr;
+    if (lp.num_sets > 0) {
+      a.set_members = plan.set_members.data_ptr<float>() + lp.member_offset;
+      a.set_weights = plan.set_weights.data_ptr<double>() + lp.set_offset;
+    }
     a.grad_scale = lp.grad_scale;
     a.weight_sum = lp.weight_sum;
     a.grad_weights = pixel_grad_weights.defined() ? pixel_grad_weights[l].data_ptr() : nullptr;
@@ -318,6 +324,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       continue;
     }
     if (gather) {
+      TORCH_CHECK_VALUE(lp.num_sets == 0, "multilevel_cross_entropy: class sets are not implemented in the CUDA "
+                        "kernel's algorithm (HIERPARSE_CPU_UPSAMPLING=gather) yet; level ", l, " has them");
       gathered.push_back(l);
       continue;
     }

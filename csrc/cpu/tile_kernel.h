@@ -24,6 +24,10 @@ struct LevelArgs {
   int64_t gs[4];            // gradient strides
   const int32_t* table;     // row of K entries, -1 = ignored
   const float* class_w;     // C weights or nullptr (all 1)
+  // Class sets: table entries C + s name set s, with member weights set_members[s * C + c] and
+  // class weight set_weights[s]; nullptr when the level has none.
+  const float* set_members;
+  const double* set_weights;
   double grad_scale;
   double weight_sum;
 };
@@ -39,8 +43,9 @@ struct KernelArgs {
   bool prefetch_logits;    // prefetch the logits into L2 ahead of pass 1 (not for tiles already in the caches)
 };
 
-// Bytes of scratch memory per class that run_tile needs (64-byte aligned).
-constexpr int64_t kScratchBytesPerClass = 256;  // two blocks: 2 * HP_BLOCK_VECTORS * HP_VECTOR_BYTES
+// Bytes of scratch memory per class that run_tile needs (64-byte aligned): four blocks of
+// HP_BLOCK_VECTORS * HP_VECTOR_BYTES, two of logits or exponentials and two of set shares.
+constexpr int64_t kScratchBytesPerClass = 512;
 
 // Levels whose logits are smaller than the labels (h <= H, w <= W, not both equal) are upsampled
 // on the fly, as ATen's upsample_bilinear2d does, one unit of work at a time: a unit is up to

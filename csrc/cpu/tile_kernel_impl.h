@@ -11,11 +11,17 @@
 //   then log, loss and the softmax coefficient per pixel;
 //   pass 3 writes the gradients (streamed past the caches when they are large), interleaved with
 //          pass 2 of the next block.
+// A pixel labelled with a class set (a node above the level) is scored lane by lane after pass 1
+// (score_set_lanes): its "target logit" becomes the set's log-sum-exp, and its members' shares of
+// the set's probability go to a second scratch block for pass 3. Blocks without such a pixel skip
+// this, and compute exactly what they computed before sets existed.
 // Each pass runs over the classes with the block's vectors unrolled inside, so memory is read
 // as C short sequential streams, prefetched into L2 a few blocks ahead.
 #ifndef HP_ISA
 #error "define HP_ISA, HP_VECTOR_BYTES and HP_BLOCK_VECTORS before including tile_kernel_impl.h"
 #endif
+
+#include <cmath>
 
 #include "cpu/tile_kernel.h"
 #include "cpu/vec.h"
@@ -29,7 +35,7 @@ constexpr int kBlockVectors = HP_BLOCK_VECTORS;
 // The loops over a block's vectors are unrolled, so that the block's running values stay in registers.
 #define HP_UNROLL_BLOCK _Pragma("GCC unroll 8")
 constexpr int kPrefetchPixels = 64;  // how far ahead in a class plane pass 1 prefetches (into L2)
-static_assert(2 * kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for two blocks");
+static_assert(4 * kBlockVectors * HP_VECTOR_BYTES <= kScratchBytesPerClass, "scratch too small for four blocks");
 static_assert(kTile % (kBlockVectors * HP_VECTOR_BYTES / 4) == 0, "a tile must be whole blocks");
 
 // Where level_tile reads a tile's logits and writes their gradients: here a strided slice of a level
@@ -68,9 +74,46 @@ struct PendingBlock {
   M target[kBlockVectors], valid[kBlockVectors];
   V coeff[kBlockVectors], w_target[kBlockVectors];
   const V* exp_d;  // the block's exp(x - max), class by class
+  const V* share;  // with sets: each class's share of its pixel's set probability (0 off sets), else nullptr
+  V set_coeff[kBlockVectors];  // (1 - eps) w_set scale at set pixels
   int64_t p0;
   int count;
 };
+
+// The set pixels of one block after pass 1 (buf holds the logits, m the running max): the target
+// logit of a set pixel becomes log sum_c a_c exp(x_c) over its members c (member weights a_c), its
+// class weight the set's; with share, each member's a_c exp(x_c) / sum (else 0) is written there.
+// In double precision with the C library, one lane at a time.
+template <typename V>
+void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* target, const V* buf, V* x_target,
+                     V* w_target, V* share) {
+  using S = typename VecTraits<V>::scalar;
+  constexpr int B = kBlockVectors;
+  constexpr int kLanes = VecTraits<V>::lanes;
+  const int64_t C = a.C;
+  if (share != nullptr)
+    for (int64_t i = 0; i < C * B; ++i) share[i] = V{};
+  for (int b = 0; b < B; ++b) {
+    for (int j = 0; j < kLanes; ++j) {
+      if (target[b][j] < C) continue;
+      const int64_t set = target[b][j] - C;
+      const float* members = a.set_members + set * C;
+      double top = -INFINITY;
+      for (int64_t c = 0; c < C; ++c)
+        if (members[c] > 0) top = std::fmax(top, static_cast<double>(buf[c * B + b][j]) + std::log(members[c]));
+      double sum = 0;
+      for (int64_t c = 0; c < C; ++c)
+        if (members[c] > 0) sum += std::exp(static_cast<double>(buf[c * B + b][j]) + std::log(members[c]) - top);
+      x_target[b][j] = static_cast<S>(top + std::log(sum));
+      w_target[b][j] = static_cast<S>(a.set_weights[set]);
+      if (share != nullptr)
+        for (int64_t c = 0; c < C; ++c)
+          if (members[c] > 0)
+            share[c * B + b][j] =
+                static_cast<S>(std::exp(static_cast<double>(buf[c * B + b][j]) + std::log(members[c]) - top) / sum);
+    }
+  }
+}
 
 // Pass 3 for one class of a pending block: its gradients, handed to the access.
 template <typename V, typename S, typename Access>
@@ -83,6 +126,9 @@ HP_INLINE void write_gradients(const LevelArgs& a, const LevelCoefficients<S>& k
   for (int b = 0; b < B; ++b)
     grad[b] = logit_gradient(k, blk.exp_d[c * B + b], blk.coeff[b], wc, blk.valid[b],
                              blk.target[b] == static_cast<int>(c), blk.w_target[b]);
+  if (blk.share != nullptr)
+    HP_UNROLL_BLOCK
+    for (int b = 0; b < B; ++b) grad[b] -= blk.set_coeff[b] * blk.share[c * B + b];
   io.template gradients<B>(c, blk.p0, blk.count, grad);
 }
 
@@ -111,9 +157,12 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, const Ac
     V* buf = scratch + ((p0 / kBlock) % 2) * C * B;
     const int count = static_cast<int>(P - p0 < kBlock ? P - p0 : kBlock);
     M target[B]{};  // lanes past the tile's end are ignored pixels
+    bool has_sets = false;
     for (int b = 0; b < B; ++b)
-      for (int j = 0; j < kLanes; ++j)
+      for (int j = 0; j < kLanes; ++j) {
         target[b][j] = b * kLanes + j < count ? lookup_target(raw[p0 + b * kLanes + j], a.table) : -1;
+        has_sets |= target[b][j] >= C;
+      }
 
     V m[B], x_target[B], w_target[B], sum[B], weighted_d[B];
     HP_UNROLL_BLOCK
@@ -137,6 +186,8 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, const Ac
     if (!a.class_w)
       HP_UNROLL_BLOCK
       for (int b = 0; b < B; ++b) w_target[b] = target[b] >= 0 ? V{} + S(1) : V{};
+    V* share = has_sets && kWithGrad ? scratch + (2 + (p0 / kBlock) % 2) * C * B : nullptr;
+    if (has_sets) score_set_lanes<V>(a, target, buf, x_target, w_target, share);
     for (int64_t c = 0; c < C; ++c) {  // pass 2 (and pass 3 of the previous block)
       const S wc = a.class_w ? static_cast<S>(a.class_w[c]) : S(1);
       HP_UNROLL_BLOCK
@@ -162,11 +213,13 @@ HP_INLINE double level_tile(const KernelArgs& args, const LevelArgs& a, const Ac
         pending.valid[b] = valid;
         pending.w_target[b] = w_target[b];
         pending.coeff[b] = softmax_coefficient(k, w_target[b], S(1) / sum[b], valid);
+        pending.set_coeff[b] = target[b] >= static_cast<int>(C) ? k.one_minus_eps * w_target[b] * k.scale : V{};
       }
     }
     if (loss_out != nullptr) store<B>(loss_out + p0, 1, count, loss, false);  // reduction "none"
     if (kWithGrad) {
       pending.exp_d = buf;
+      pending.share = share;
       pending.p0 = p0;
       pending.count = count;
       has_pending = true;

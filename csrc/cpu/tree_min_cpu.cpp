@@ -92,11 +92,11 @@ void run_rows(Args& a, const label_t* labels, bool compute_grad, int64_t row_beg
   }
 }
 
-// Raises on raw ids outside the table; returns the number of pixels that no level ignores.
+// Raises on raw ids outside the table or unscorable; returns the number of pixels that no level ignores.
 template <typename label_t>
 int64_t count_valid_pixels(const label_t* labels, const TreePlan& tree) {
   const int64_t rows = tree.plan.N * tree.plan.H, W = tree.plan.W, K = tree.plan.K;
-  std::vector<int64_t> lo(rows, 0), hi(rows, 0), count(rows, 0);
+  std::vector<int64_t> lo(rows, 0), hi(rows, 0), count(rows, 0), unscorable(rows, 0);
   const int64_t grain = std::max<int64_t>(1, kLabelsPerTask / std::max<int64_t>(W, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -104,12 +104,17 @@ int64_t count_valid_pixels(const label_t* labels, const TreePlan& tree) {
         const int64_t id = static_cast<int64_t>(labels[row * W + w]);
         lo[row] = std::min(lo[row], id);
         hi[row] = std::max(hi[row], id);
-        if (id >= 0 && id < K) count[row] += tree.valid[id];
+        if (id >= 0 && id < K) count[row] += tree.valid[id], unscorable[row] += tree.plan.unscorable_level[id] >= 0;
       }
     }
   });
   check_label_range(rows ? *std::min_element(lo.begin(), lo.end()) : 0,
                     rows ? *std::max_element(hi.begin(), hi.end()) : 0, K, "tree_min_loss");
+  if (std::accumulate(unscorable.begin(), unscorable.end(), int64_t(0)) > 0) {  // the error path: count them all
+    std::vector<int64_t> counts(K, 0);
+    for (int64_t i = 0; i < rows * W; ++i) ++counts[static_cast<int64_t>(labels[i])];
+    check_scorable("tree_min_loss", tree.plan, counts.data());
+  }
   return std::accumulate(count.begin(), count.end(), int64_t(0));
 }
 

@@ -239,10 +239,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
     at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
     const c10::optional<at::Tensor>& class_weights, at::ArrayRef<double> level_weights,
     double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad, bool align_corners,
-    const c10::optional<at::Tensor>& grad_weights) {
+    const c10::optional<at::Tensor>& set_members, const c10::optional<at::Tensor>& grad_weights) {
   // Checks every argument first (all tensors on one device, which is a CUDA device here).
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
-                                 ignore_index, reduction, align_corners);
+                                 ignore_index, reduction, align_corners, set_members);
+  TORCH_CHECK_VALUE(!plan.set_members.defined(), "multilevel_cross_entropy: class sets (labels naming a node above "
+                    "a level) are not implemented in the CUDA kernel yet; compute this loss on the CPU");
   const at::Tensor pixel_grad_weights = checked_pixel_grad_weights(plan, grad_weights, logits[0].device());
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "multilevel_cross_entropy: the CUDA kernel got level 0 logits on ",
                     logits[0].device());
@@ -251,6 +253,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   const at::Tensor stats = label_stats(labels, plan.K);  // raises below before the main kernel runs
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K);
+  check_scorable("multilevel_cross_entropy", plan, s);
   set_level_scales(plan, stats.slice(0, 0, plan.K));
 
   at::Tensor losses = allocate_losses(plan, logits[0]);

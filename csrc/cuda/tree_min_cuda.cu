@@ -221,6 +221,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
   const at::Tensor stats = label_stats(labels, plan.K);
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K, "tree_min_loss");
+  check_scorable("tree_min_loss", plan, s);
   int64_t num_valid = 0;
   for (int64_t k = 0; k < plan.K; ++k) num_valid += tree.valid[k] ? s[k] : 0;
 

@@ -436,8 +436,8 @@ class SyntheticParsing(torch.utils.data.Dataset):
     """``n`` procedurally drawn people images of ``size`` labelled with LIP raw ids 0-19.
 
     Deterministic per ``(seed, split, index)``; ``train``, ``val`` and ``test`` draw from
-    different streams. ``hierarchy`` must declare raw ids 0-19 (LIP's); it is kept for transforms
-    and metrics. Samples are dicts like :class:`ParsingDataset`'s (``path`` is ``synthetic/<split>/<i>``).
+    different streams; sample ``i`` is image ``first + i`` of the stream (disjoint pools of one
+    stream). ``hierarchy`` must declare raw ids 0-19 (LIP's); it is kept for transforms and metrics. Samples are dicts like :class:`ParsingDataset`'s (``path`` is ``synthetic/<split>/<i>``).
     """
 
     def __init__(
@@ -448,6 +448,7 @@ class SyntheticParsing(torch.utils.data.Dataset):
         seed: int = 0,
         split: str = "train",
         transform: Transform | None = None,
+        first: int = 0,
     ):
         self.hierarchy = as_hierarchy(hierarchy)
         missing = sorted(set(range(NUM_LIP_IDS)) - set(self.hierarchy.declared_ids()))
@@ -460,10 +461,12 @@ class SyntheticParsing(torch.utils.data.Dataset):
             raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        if first < 0:
+            raise ValueError(f"first must be >= 0, got {first}")
         self.height, self.width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(self.height, self.width) < 16:
             raise ValueError(f"size must be at least 16x16, got {size!r}")
-        self.n, self.seed, self.split, self.transform = n, seed, split, transform
+        self.n, self.seed, self.split, self.transform, self.first = n, seed, split, transform, first
 
     def __len__(self) -> int:
         return self.n
@@ -471,7 +474,7 @@ class SyntheticParsing(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} samples")
-        index %= self.n
+        index = index % self.n + self.first
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         image, label = render(rng, self.height, self.width)
         sample = {"image": image, "label": label, "path": f"synthetic/{self.split}/{index}"}
@@ -480,13 +483,14 @@ class SyntheticParsing(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"SyntheticParsing(hierarchy={self.hierarchy.name!r}, n={self.n}, "
-            f"size=({self.height}, {self.width}), seed={self.seed}, split={self.split!r})"
+            f"size=({self.height}, {self.width}), seed={self.seed}, split={self.split!r}, first={self.first})"
         )
 
 
 def colorize(label: np.ndarray, hierarchy: Hierarchy, level: int = -1) -> np.ndarray:
-    """uint8 ``HxWx3`` rendering of a raw-id label map in the colours of ``level`` (ignored: white)."""
-    classes = hierarchy.label_table()[level].numpy()[label]
+    """uint8 ``HxWx3`` rendering of a raw-id label map in the colours of ``level`` (ignored, and coarse
+    labels above ``level``: white)."""
+    classes = hierarchy.exact_table()[level].numpy()[label]
     palette = np.asarray(hierarchy.colors(level), dtype=np.uint8)
     valid = classes < len(palette)
     out = np.full((*label.shape, 3), 255, dtype=np.uint8)

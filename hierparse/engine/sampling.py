@@ -21,6 +21,8 @@ class EpochSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled, ``drop_last``) yielding ``(epoch, index)``; ``skip`` drops the first samples.
 
     Set ``skip`` to ``batches_done * batch_size`` to continue an epoch where a checkpoint left it.
+    A dataset with ``epoch_order(generator, count)`` (a weighted mixture) gives the epoch's order
+    itself, from a generator seeded like the shuffle.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, num_replicas: int, rank: int, seed: int):
@@ -28,7 +30,13 @@ class EpochSampler(DistributedSampler):
         self.skip = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.skip:]
+        if hasattr(self.dataset, "epoch_order"):
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = self.dataset.epoch_order(generator, self.total_size)
+            indices = order[self.rank:self.total_size:self.num_replicas][self.skip:]
+        else:
+            indices = list(super().__iter__())[self.skip:]
         return iter([(self.epoch, index) for index in indices])
 
     def __len__(self) -> int:

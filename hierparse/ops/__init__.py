@@ -3,7 +3,7 @@ below and HSSN's tree-min loss (:func:`tree_min_loss`).
 
 For each level ``l`` with logits ``x_l [N, C_l, h_l, w_l]`` and raw labels ``r [N, H, W]``::
 
-    y_l      = table[l, r]                                  (raw id -> class, or ignore_index)
+    y_l      = table[l, r]                      (raw id -> class, class set, or ignore_index)
     u_l      = x_l if (h_l, w_l) == (H, W) else
                F.interpolate(x_l, size=(H, W), mode="bilinear", align_corners=align_corners)
     loss_l   = level_weight_l * F.cross_entropy(u_l, y_l, weight=class_weights[l],
@@ -11,7 +11,15 @@ For each level ``l`` with logits ``x_l [N, C_l, h_l, w_l]`` and raw labels ``r [
                                                  label_smoothing=label_smoothing,
                                                  reduction=reduction)
 
-computed for all levels in one pass over the logits, with the labels read as raw ids (never an
+A table entry ``C_l + s`` names class set ``s`` of level ``l`` (a label naming a node above the
+level: its descendants there); with member weights ``a = set_members[l, s]`` (1 for members, 0
+otherwise, as ``Hierarchy.set_members()`` gives them) the pixel's cross-entropy term is the
+marginal likelihood ``-log sum_c a_c softmax(u_l)_c``, with gradient ``softmax(u_l) - q`` where
+``q_c = a_c softmax(u_l)_c / sum_c' a_c' softmax(u_l)_c'``; a one-class set is plain
+cross-entropy. For a set, the class weight is its members' weights averaged by ``a`` and label
+smoothing adds its usual uniform term.
+
+Everything is computed for all levels in one pass over the logits, with the labels read as raw ids (never an
 int64 label map). Logits smaller than the labels are upsampled inside the op (CPU and CUDA), so
 neither the full-resolution logits nor their gradients are ever stored; gradients come back at each level's own size. When a gradient is needed the
 forward pass writes it, already scaled, and the backward pass only multiplies it by the incoming
@@ -115,6 +123,7 @@ def multilevel_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     align_corners: bool = False,
+    set_members: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-level softmax cross-entropy of ``logits`` (coarse -> fine) against raw ``labels``.
 
@@ -122,6 +131,7 @@ def multilevel_cross_entropy(
     for ``reduction="none"``. ``table`` is ``Hierarchy.label_table()`` (on the logits' device).
     A level's logits may be smaller than the labels (``[N, C, h, w]``, ``h <= H``, ``w <= W``):
     they are scored as if upsampled by ``F.interpolate(mode="bilinear", align_corners=align_corners)``.
+    ``set_members`` ``[L, S, C]`` (``Hierarchy.set_members()``) lets table entries name class sets.
     """
     logits = list(logits)
     if reduction not in _REDUCTION_CODES:
@@ -138,6 +148,7 @@ def multilevel_cross_entropy(
             label_smoothing=label_smoothing,
             reduction=reduction,
             align_corners=align_corners,
+            set_members=set_members,
         )
     # Per-pixel losses of levels upsampled in the op get their gradients in the backward pass (the
     # op runs again, weighing each pixel by its incoming gradient), not here.
@@ -155,6 +166,7 @@ def multilevel_cross_entropy(
         _REDUCTION_CODES[reduction],
         compute_grad,
         bool(align_corners),
+        set_members,
     )
     return losses
 
@@ -227,7 +239,7 @@ if HAS_EXTENSION:
     @torch.library.register_fake("hierparse::multilevel_cross_entropy")
     def _multilevel_cross_entropy_fake(
         logits, labels, table, class_weights, level_weights, label_smoothing, ignore_index, reduction,
-        compute_grad, align_corners=False, grad_weights=None,
+        compute_grad, align_corners=False, set_members=None, grad_weights=None,
     ):
         return _fake_outputs(logits, labels, reduction, compute_grad)
 

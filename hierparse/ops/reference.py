@@ -29,6 +29,32 @@ def check_labels(labels: torch.Tensor, table: torch.Tensor) -> None:
                 )
 
 
+def set_cross_entropy(x: torch.Tensor, entry: torch.Tensor, members: torch.Tensor, *, ignore_index: int,
+                      weight: torch.Tensor | None, label_smoothing: float) -> torch.Tensor:
+    """Per-pixel loss ``[N, H, W]`` of one level whose targets ``entry`` may name class sets
+    (``C + s``): ``-log sum_c members[s, c] softmax(x)_c`` for a set, weighed by its members' mean class
+    weight, plus the smoothing term of ``F.cross_entropy``; 0 at ignored pixels."""
+    classes = x.shape[1]
+    rows, weight, target_weight = _target_rows(x, members, weight)
+    valid = entry != ignore_index
+    safe = torch.where(valid, entry, 0)
+    member = rows[safe].permute(0, 3, 1, 2)  # [N, C, H, W]
+    log_p = torch.log_softmax(x, 1)
+    nll = -torch.logsumexp(log_p + torch.log(member), 1)
+    smooth = -(log_p * weight.view(1, -1, 1, 1)).sum(1) / classes
+    loss = (1 - label_smoothing) * target_weight[safe] * nll + label_smoothing * smooth
+    return torch.where(valid, loss, 0)
+
+
+def _target_rows(x: torch.Tensor, members: torch.Tensor, weight: torch.Tensor | None):
+    """Member weights of every table entry ``[C + S, C]`` (one-hot classes, then the sets), the class
+    weights ``[C]`` and each entry's class weight ``[C + S]``, in the logits' type."""
+    classes = x.shape[1]
+    weight = torch.ones(classes, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    rows = torch.cat([torch.eye(classes, dtype=x.dtype, device=x.device), members[:, :classes].to(x)])
+    return rows, weight, (rows @ weight) / rows.sum(1)
+
+
 def remap_labels(labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """int64 ``[L, N, H, W]``: each level's class index (or the table's ignore value) per pixel."""
     check_labels(labels, table)
@@ -46,9 +72,11 @@ def multilevel_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     align_corners: bool = False,
+    set_members: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-level ``F.cross_entropy`` on remapped labels, after ``F.interpolate`` (bilinear) of logits
-    smaller than the labels; same contract as the fused op."""
+    smaller than the labels; levels whose table names class sets go through :func:`set_cross_entropy`
+    (mean: divided by the targets' summed class weights); same contract as the fused op."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     targets = remap_labels(labels, table)
@@ -61,6 +89,14 @@ def multilevel_cross_entropy(
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
         x = x.to(out_dtype)
         target = targets[level]
+        if bool(((target >= x.shape[1]) & (target != ignore_index)).any()):
+            if set_members is None:
+                raise ValueError(f"level {level}: the table names class sets but no set_members were given")
+            loss = _set_level_loss(x, target, set_members[level], weight, ignore_index=ignore_index,
+                                   label_smoothing=label_smoothing, reduction=reduction)
+            scale = 1.0 if level_weights is None else float(level_weights[level])
+            losses.append(loss * scale)
+            continue
         loss = F.cross_entropy(
             x,
             target,
@@ -74,6 +110,18 @@ def multilevel_cross_entropy(
         scale = 1.0 if level_weights is None else float(level_weights[level])
         losses.append(loss * scale)
     return torch.stack(losses)
+
+
+def _set_level_loss(x, target, members, weight, *, ignore_index, label_smoothing, reduction):
+    per_pixel = set_cross_entropy(x, target, members, ignore_index=ignore_index, weight=weight,
+                                  label_smoothing=label_smoothing)
+    if reduction == "none":
+        return per_pixel
+    if reduction == "sum":
+        return per_pixel.sum()
+    valid = target != ignore_index
+    divisor = _target_rows(x, members, weight)[2][target[valid]].sum()
+    return per_pixel.sum() / divisor if bool(valid.any()) else (x * 0).sum()
 
 
 def check_parents(parents: Sequence[Sequence[int]], num_classes: Sequence[int]) -> None:

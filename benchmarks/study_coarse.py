@@ -1,0 +1,308 @@
+"""Learning fine classes from coarse labels: how much do region-labelled images add to a few part-labelled ones?
+
+A pool of ``POOL`` synthetic training images (hierarchy ``lip``: person -> 5 regions -> 20 parts);
+a fraction ``f`` of it keeps its part labels, the rest is relabelled with the region of each part
+(``coarsen: region``; one row with person masks only, ``coarsen: person``). Every run has the
+default run's model, schedule and hard-pixel mining (``hierparse.config.DEFAULTS``: 1200 iterations
+of 16 images), so runs differ only in what their labels say. Fine and coarse images are drawn half
+and half (``datasets:`` weights 0.5 / 0.5). Variants (the issue's letters):
+
+- ``flat_fine`` (a): flat + layer1 skip, the fine images only (what a user can do without a tree);
+- ``stacked_fine`` (b): the stacked default, the fine images only;
+- ``stacked_marginal`` (c) / ``flat_marginal`` (d): all images, a coarse label scored at the part
+  level by the summed probability of its parts (the fused op's class sets);
+- ``stacked_ignore`` (e): all images, coarse labels train only the person and region levels;
+- ``stacked_teacher`` / ``flat_teacher`` (f): (c)/(d) with each coarse pixel relabelled by the
+  fine-only model of the same fraction and seed ((b)/(a), which therefore run first), restricted to
+  the parts its region allows, where that model gives the chosen part at least half of the
+  region's probability (``teacher: {threshold: 0.5}``, :mod:`hierparse.engine.teacher`).
+
+At ``f = 100%`` only (a) and (b) run: there is nothing coarse (the ceiling of the pool). Each run
+is evaluated on 500 validation images at iterations 400, 800 and 1200 (val mIoU against
+iterations); tables use the last evaluation, and the best one as well. The study resumes unit by
+unit: a finished (fraction, variant, seed) leaves a record in ``<out>/study_coarse_runs/``; tables
+are rewritten after every run and say how many runs they hold.
+
+    python benchmarks/study_coarse.py                       # everything planned (make study-coarse)
+    python benchmarks/study_coarse.py --fractions 0.1 --seeds 1
+    python benchmarks/study_coarse.py --quick               # tiny settings into a temporary folder (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.figure import Figure
+
+import study
+from hierparse import config as configuration
+from hierparse.engine.io import atomic_write, to_json, write_text, writable_dir
+from hierparse.evaluate import eval_loader, evaluate_model
+from hierparse.train import train
+
+POOL = 2000
+FRACTIONS = (0.10, 1.0, 0.25, 0.05)  # the order they run in: f = 10% (never dropped), the ceiling, the rest
+FLAT = {"stacked": False, "skips": ["layer1"]}
+TEACHER_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of training on a pool: its key, label, config overrides and which images it uses."""
+
+    key: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    coarse: str | None = "region"   # the level coarse images are labelled at; None: fine images only
+    teacher: str | None = None      # the variant whose checkpoint (same fraction and seed) relabels coarse pixels
+
+    @property
+    def stacked(self) -> bool:
+        return self.overrides.get("stacked", True)
+
+
+VARIANTS = (
+    Variant("flat_fine", "(a) flat + skip, fine images only", FLAT, coarse=None),
+    Variant("stacked_fine", "(b) stacked, fine images only", coarse=None),
+    Variant("stacked_marginal", "(c) stacked, marginal likelihood"),
+    Variant("flat_marginal", "(d) flat + skip, marginal likelihood", FLAT),
+    Variant("stacked_ignore", "(e) stacked, coarse labels train coarse levels only", {"coarse_labels": "ignore"}),
+    Variant("stacked_teacher", "(f) stacked, marginal + set-restricted teacher (b)", teacher="stacked_fine"),
+    Variant("flat_teacher", "(f) flat + skip, marginal + set-restricted teacher (a)", FLAT, teacher="flat_fine"),
+    Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person"),
+    Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
+            teacher="stacked_fine"),
+)
+PERSON_ROW_FRACTIONS = (0.10,)
+
+SETTINGS: dict[str, Any] = {
+    "hierarchy": "lip", "dataset": "synthetic", "eval_interval": 400, "synthetic_val_images": 500,
+    "log_interval": 10, "decode": "independent",
+}
+QUICK_SETTINGS: dict[str, Any] = {**study.QUICK_SETTINGS, "ohem": configuration.DEFAULTS["ohem"], "eval_interval": 2}
+QUICK_POOL = 20
+
+
+def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None) -> list[tuple[float, Variant, int]]:
+    """The units to run, in order: fraction, then seed, then variant (teachers before their students)."""
+    units = []
+    for fraction in fractions:
+        for seed in range(seeds):
+            for variant in VARIANTS:
+                if keys is not None and variant.key not in keys:
+                    continue
+                if fraction == 1.0 and variant.coarse is not None:
+                    continue  # nothing is coarse: every such variant is stacked_fine or flat_fine
+                if variant.coarse == "person" and fraction not in PERSON_ROW_FRACTIONS:
+                    continue
+                units.append((fraction, variant, seed))
+    return units
+
+
+def run_dir(runs_dir: Path, fraction: float, variant: Variant, seed: int) -> Path:
+    return runs_dir / f"f{round(100 * fraction):03d}" / variant.key / f"seed{seed}"
+
+
+def sources(fraction: float, variant: Variant, pool: int) -> list[dict[str, Any]]:
+    """The ``datasets:`` list of a unit: the fine images, and (unless fine only) the coarse rest."""
+    fine = max(1, round(fraction * pool))
+    if variant.coarse is None or fine == pool:
+        return [{"dataset": "synthetic", "n": fine}]
+    return [{"dataset": "synthetic", "n": fine, "weight": 0.5},
+            {"dataset": "synthetic", "n": pool - fine, "first": fine, "coarsen": variant.coarse, "weight": 0.5}]
+
+
+def unit_settings(fraction: float, variant: Variant, seed: int, settings: dict[str, Any], pool: int,
+                  runs_dir: Path) -> dict[str, Any]:
+    teacher = None
+    if variant.teacher is not None:
+        teacher_variant = next(v for v in VARIANTS if v.key == variant.teacher)
+        teacher = {"checkpoint": str(run_dir(runs_dir, fraction, teacher_variant, seed) / "last.pt"),
+                   "threshold": TEACHER_THRESHOLD}
+    return {**settings, **variant.overrides, "datasets": sources(fraction, variant, pool), "teacher": teacher,
+            "seed": seed, "out": str(run_dir(runs_dir, fraction, variant, seed))}
+
+
+def run_one(unit_config: dict[str, Any], variant: Variant) -> dict[str, Any]:
+    tokens = study.override_tokens(unit_config)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    trainer = train(configuration.resolve(None, tokens))
+    curve = [{"iter": r["iter"], "fine_miou": r["miou"][trainer.level_names[-1]], "merged_miou": r["merged_miou"]}
+             for r in trainer.history if r["type"] == "eval"]
+    record = {
+        "variant": variant.key, "command": shlex.join(["hierparse", "train", *tokens]), "config": trainer.config,
+        "seconds_per_iteration": study.seconds_per_iteration(trainer), "curve": curve,
+        "decode": {"independent": study.scores(trainer.result)},
+    }
+    if variant.stacked:
+        loader = eval_loader(trainer.val_set, trainer.config, trainer.device)
+        record["decode"]["consistent"] = study.scores(evaluate_model(trainer.model, loader, trainer.hierarchy,
+                                                                     trainer.device, "consistent"))
+    record.update(wall_seconds=time.perf_counter() - start, load_before=load_before, load_after=os.getloadavg()[0])
+    return record
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (fraction, variant): mean ± std over seeds of part, region and person mIoU (merged
+    from the part prediction, so flat and stacked models compare), the best evaluation's part mIoU,
+    per-class part IoU and seconds per step."""
+    rows = []
+    for fraction in sorted({run["fraction"] for run in runs}):
+        for variant in VARIANTS:
+            mine = [run for run in runs if run["fraction"] == fraction and run["variant"] == variant.key]
+            if not mine:
+                continue
+            last = [run["decode"]["independent"] for run in mine]
+            levels = list(last[0]["merged_miou"])
+            rows.append({
+                "fraction": fraction, "variant": variant.key, "label": variant.label, "seeds": [r["seed"] for r in mine],
+                "part_per_seed": [r["fine_miou"] for r in last],
+                "merged_miou": {name: study.spread([r["merged_miou"][name] for r in last]) for name in levels},
+                "best_part": study.spread([max(point["fine_miou"] for point in run["curve"]) for run in mine]),
+                "curve": {point["iter"]: study.spread([p["fine_miou"] for run in mine for p in run["curve"]
+                                                       if p["iter"] == point["iter"]])
+                          for point in mine[0]["curve"]},
+                "fine_iou": {name: study.spread([r["fine_iou"][name] for r in last]) for name in last[0]["fine_iou"]},
+                "seconds_per_iteration": study.spread([run["seconds_per_iteration"] for run in mine]),
+            })
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows, runs = report["summary"], report["runs"]
+    if not rows:
+        return "No run has finished yet.\n"
+    levels = list(rows[0]["merged_miou"])
+    loads = [load for run in runs for load in (run["load_before"], run["load_after"])]
+    machines = sorted({f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}" for m in (r["machine"] for r in runs)})
+    status = ("complete" if report["complete"] else
+              f"PARTIAL: {len(runs)} of {report['planned_runs']} runs so far (the command resumes the rest)")
+    lines = [
+        f"Command: `{report['command']}` ({sum(run['wall_seconds'] for run in runs) / 60:.1f} min of runs; {status}).",
+        f"Machine: {'; '.join(machines)}; commits {', '.join(sorted({r['machine']['commit'] for r in runs}))}; "
+        f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs.",
+        f"Pool {report['pool']} synthetic images; settings on top of the defaults: "
+        f"{', '.join(f'{k} {json.dumps(v)}' for k, v in report['settings'].items())}.",
+        "",
+        "mIoU in percent, mean ± sample std over seeds, at the last evaluation (iteration "
+        f"{report['max_iters']}); region and person merged up the tree from the part prediction; best: the "
+        "best of the evaluations at 400, 800, 1200; step: median seconds per iteration.",
+        "",
+        f"| f | variant | {levels[-1]} mIoU | per seed | best {levels[-1]} | "
+        + " | ".join(f"{name} mIoU" for name in reversed(levels[:-1])) + " | step (s) |",
+        "| ---: | --- | ---: | --- | ---: | " + " | ".join("---:" for _ in levels[:-1]) + " | ---: |",
+    ]
+    for row in rows:
+        per_seed = ", ".join(f"{100 * v:.1f}" for v in row["part_per_seed"])
+        coarse = " | ".join(study.percent(row["merged_miou"][name]) for name in reversed(levels[:-1]))
+        lines.append(f"| {100 * row['fraction']:.0f}% | {row['label']} | {study.percent(row['merged_miou'][levels[-1]])} | "
+                     f"{per_seed} | {study.percent(row['best_part'])} | {coarse} | "
+                     f"{row['seconds_per_iteration']['mean']:.3f} |")
+    iterations = sorted({int(i) for row in rows for i in row["curve"]})
+    lines += ["", f"{levels[-1]} mIoU against iterations (mean over seeds):", "",
+              "| f | variant | " + " | ".join(str(i) for i in iterations) + " |",
+              "| ---: | --- | " + " | ".join("---:" for _ in iterations) + " |"]
+    for row in rows:
+        cells = " | ".join(study.percent(row["curve"].get(i), 1) for i in iterations)
+        lines.append(f"| {100 * row['fraction']:.0f}% | {row['label']} | {cells} |")
+    classes = list(rows[0]["fine_iou"])
+    lines += ["", f"Per-class {levels[-1]} IoU in percent, mean over seeds (columns: f, variant key):", "",
+              "| class | " + " | ".join(f"{100 * r['fraction']:.0f}% {r['variant']}" for r in rows) + " |",
+              "| --- | " + " | ".join("---:" for _ in rows) + " |"]
+    for name in classes:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r['fine_iou'][name]['mean']:.1f}" for r in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Part mIoU against the fraction of fine labels, one line per variant (mean over seeds)."""
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot()
+    for index, variant in enumerate(VARIANTS):
+        points = sorted((row["fraction"], row["merged_miou"][list(row["merged_miou"])[-1]])
+                        for row in report["summary"] if row["variant"] == variant.key)
+        if variant.coarse is None:  # the fine-only models also hold the ceiling at f = 100%
+            points = sorted(points)
+        if not points:
+            continue
+        axis.errorbar([100 * f for f, _ in points], [100 * s["mean"] for _, s in points],
+                      yerr=[0 if math.isnan(s["std"]) else 100 * s["std"] for _, s in points],
+                      marker="o", capsize=3, label=variant.label, color=f"C{index}")
+    axis.set_xscale("log")
+    axis.set(xlabel="images with part labels, % of the pool", ylabel="part mIoU, %",
+             title=f"Coarse labels for the rest of a {report['pool']}-image pool")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings for CI, into a temporary folder")
+    parser.add_argument("--fractions", type=float, nargs="+", help=f"fine fractions (default {list(FRACTIONS)})")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
+    parser.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], help="only these variants")
+    parser.add_argument("--out", type=Path, help="folder for study_coarse.md/png/json (default benchmarks/)")
+    parser.add_argument("--runs", type=Path, help="folder for run directories (default runs/study_coarse)")
+    args = parser.parse_args(argv)
+    args.fractions = args.fractions or ([0.25] if args.quick else list(FRACTIONS))
+    if any(not 0 < f <= 1 for f in args.fractions):
+        parser.error(f"fractions must lie in (0, 1], got {args.fractions}")
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="hierparse-coarse-")) if args.quick else study.REPOSITORY / "benchmarks"
+    if args.runs is None:
+        args.runs = args.out / "runs" if args.quick else study.REPOSITORY / "runs" / "study_coarse"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
+    records = writable_dir(out / "study_coarse_runs")
+    settings, pool = (QUICK_SETTINGS, QUICK_POOL) if args.quick else (SETTINGS, POOL)
+    command = shlex.join(["python", "benchmarks/study_coarse.py", *(sys.argv[1:] if argv is None else argv)])
+    info = study.machine()
+    units = planned(args.fractions, args.seeds, args.variants)
+    runs = []
+    for fraction, variant, seed in units:
+        name = f"f{round(100 * fraction):03d}_{variant.key}_seed{seed}"
+        path = records / f"{name}.json"
+        wanted = configuration.resolve(None, study.override_tokens(
+            unit_settings(fraction, variant, seed, settings, pool, runs_dir)))
+        record = study.load_record(path)
+        if record is not None and study.same_run(record["config"], wanted):
+            print(f"=== {name}: done before, skipped", flush=True)
+        else:
+            print(f"=== {name}", flush=True)
+            record = {**run_one(unit_settings(fraction, variant, seed, settings, pool, runs_dir), variant),
+                      "fraction": fraction, "seed": seed, "machine": info}
+            write_text(path, to_json(record, indent=1) + "\n")
+            print(f"=== {name}: part mIoU {100 * record['decode']['independent']['fine_miou']:.2f}, "
+                  f"{record['wall_seconds']:.0f} s", flush=True)
+        runs.append(record)
+        report = {"command": command, "settings": settings, "pool": pool, "planned_runs": len(units),
+                  "complete": len(runs) == len(units), "max_iters": wanted["max_iters"],
+                  "summary": summarise(runs), "runs": runs}
+        write_text(out / "study_coarse.json", to_json(report, indent=1) + "\n")
+        write_text(out / "study_coarse.md", markdown(report))
+        plot(report, out / "study_coarse.png")
+    print(markdown(report))
+    print(f"wrote {out / 'study_coarse.md'}, .png, .json; records in {records}; run directories in {runs_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Training sets mixed from several sources and drawn by weight, e.g. a few finely labelled images
+with many coarsely labelled ones (the config's ``datasets:`` list).
+
+Each source is ``{dataset, root, split, weight, coarsen, n, first}``: ``dataset`` a name of
+:data:`hierparse.data.DATASETS`, ``weight`` its share of every epoch's draws (default 1),
+``coarsen`` a level name whose nodes relabel everything below them (``Hierarchy.coarsening``:
+part labels become region labels), ``n`` and ``first`` the synthetic pool's size and first image.
+Without weights each source would be drawn in proportion to its size, and a small fine source
+would be swamped by a large coarse one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from hierparse.data.dataset import Sample, Transform
+from hierparse.data.registry import DATASETS, build_dataset
+from hierparse.data.transforms import Compose
+from hierparse.hierarchy import Hierarchy
+
+SOURCE_KEYS = ("dataset", "root", "split", "weight", "coarsen", "n", "first")
+SYNTHETIC_ONLY = ("n", "first")
+
+
+class CoarsenLabels:
+    """A transform relabelling raw ids through a ``[256]`` lookup (``Hierarchy.coarsening``)."""
+
+    def __init__(self, lookup: np.ndarray):
+        self.lookup = np.asarray(lookup, dtype=np.uint8)
+
+    def __call__(self, sample: Sample) -> Sample:
+        return {**sample, "label": self.lookup[sample["label"]]}
+
+
+def check_sources(sources: Any, hierarchy: Hierarchy | None = None) -> list[dict[str, Any]]:
+    """The ``datasets:`` entries with defaults filled in; a one-line ValueError naming the entry otherwise."""
+    if not isinstance(sources, list) or not sources:
+        raise ValueError(f"config key 'datasets' must be null or a non-empty list of sources, got {sources!r}")
+    checked = []
+    for i, source in enumerate(sources):
+        where = f"datasets[{i}]"
+        if not isinstance(source, dict) or "dataset" not in source:
+            raise ValueError(f"{where} must be a mapping with at least 'dataset', got {source!r}")
+        unknown = sorted(set(source) - set(SOURCE_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(SOURCE_KEYS)})")
+        if source["dataset"] not in DATASETS:
+            raise ValueError(f"{where}: unknown dataset {source['dataset']!r} (known: {', '.join(DATASETS)})")
+        if source["dataset"] != "synthetic" and any(key in source for key in SYNTHETIC_ONLY):
+            raise ValueError(f"{where}: 'n' and 'first' are for dataset synthetic only")
+        weight = source.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
+        for key in SYNTHETIC_ONLY:
+            value = source.get(key, 1 if key == "n" else 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "n" else 0):
+                raise ValueError(f"{where}: {key} must be a whole number >= {1 if key == 'n' else 0}, got {value!r}")
+        coarsen = source.get("coarsen")
+        if coarsen is not None and hierarchy is not None:
+            hierarchy.coarsening(coarsen)  # raises naming the level or the group without ids
+        checked.append({"root": None, "split": None, "coarsen": None, **source, "weight": float(weight)})
+    return checked
+
+
+class MixedDataset(torch.utils.data.Dataset):
+    """The sources one after another (index ``i`` is image ``i - offset`` of its source), with
+    :meth:`epoch_order`, which :class:`hierparse.engine.sampling.EpochSampler` uses to draw by weight."""
+
+    def __init__(self, sources: Sequence[torch.utils.data.Dataset], weights: Sequence[float]):
+        if len(sources) != len(weights) or not sources:
+            raise ValueError(f"got {len(sources)} sources and {len(weights)} weights")
+        self.sources, self.weights = list(sources), torch.tensor([float(w) for w in weights], dtype=torch.float64)
+        self.offsets = np.cumsum([0, *(len(source) for source in self.sources)]).tolist()
+        self.hierarchy = self.sources[0].hierarchy
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> Sample:
+        source = bisect.bisect_right(self.offsets, index) - 1
+        return self.sources[source][index - self.offsets[source]]
+
+    def epoch_order(self, generator: torch.Generator, count: int) -> list[int]:
+        """``count`` indices: each position's source drawn by weight, each source's images in a fresh
+        random order (cycled when a source is drawn more often than it has images)."""
+        choices = torch.multinomial(self.weights, count, replacement=True, generator=generator).tolist()
+        orders = [torch.randperm(len(source), generator=generator).tolist() for source in self.sources]
+        drawn = [0] * len(self.sources)
+        indices = []
+        for source in choices:
+            order = orders[source]
+            indices.append(self.offsets[source] + order[drawn[source] % len(order)])
+            drawn[source] += 1
+        return indices
+
+
+def build_mixture(sources: Sequence[dict[str, Any]], hierarchy: Hierarchy, transform: Transform, size: int,
+                  default_split: str) -> MixedDataset:
+    """The training set of a ``datasets:`` list (checked by :func:`check_sources`), every source
+    through the same ``transform`` (after its coarsening, if any)."""
+    built = []
+    for source in check_sources(list(sources), hierarchy):
+        options = {key: source[key] for key in SYNTHETIC_ONLY if key in source}
+        steps = transform if source["coarsen"] is None else Compose(
+            [CoarsenLabels(hierarchy.coarsening(source["coarsen"])), transform])
+        built.append(build_dataset(source["dataset"], source["root"], source["split"] or default_split,
+                                   hierarchy=hierarchy, transform=steps, size=size, **options))
+    return MixedDataset(built, [source["weight"] for source in check_sources(list(sources))])

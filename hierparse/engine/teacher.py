@@ -1,0 +1,58 @@
+"""Pseudo-labels for coarse labels from a teacher model, restricted to what the coarse label allows.
+
+A pixel labelled with a group (e.g. "Head") is relabelled with the finest class the teacher scores
+highest *among the group's descendants* (Hair, not Upper-clothes), when the teacher gives that class
+at least ``threshold`` of the group's probability; otherwise it keeps its coarse label (and the
+loss's marginal term). Exact labels are never changed, so a wrong teacher can only move a pixel
+within the set its annotator allowed. The teacher is a trained checkpoint of the same hierarchy
+(e.g. the model trained on the finely labelled images alone), in eval mode and without gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hierparse.engine.checkpoint import model_from_checkpoint
+from hierparse.hierarchy import Hierarchy
+
+
+class SetTeacher:
+    """``relabel(images, labels)``: raw labels with confident pseudo-labels inside each coarse label's set."""
+
+    def __init__(self, checkpoint: str, hierarchy: Hierarchy, device: torch.device, threshold: float = 0.0):
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"teacher threshold must lie in [0, 1], got {threshold!r}")
+        self.model, _, _ = model_from_checkpoint(checkpoint, device, hierarchy)
+        self.model.requires_grad_(False)
+        self.threshold, self.ignore_index = float(threshold), hierarchy.ignore_index
+        self.fine_classes = hierarchy.num_classes[-1]
+        self.table = hierarchy.label_table()[-1].to(device)
+        self.members = hierarchy.set_members()[-1, :, :self.fine_classes].to(device)  # [S, C]
+        self.fine_to_raw = hierarchy.fine_to_raw().to(device)
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any] | None, hierarchy: Hierarchy,
+                    device: torch.device) -> "SetTeacher | None":
+        """``{checkpoint: PATH, threshold: 0.0}`` (the config's ``teacher``) or None; one-line errors."""
+        if options is None:
+            return None
+        if not isinstance(options, dict) or "checkpoint" not in options or set(options) - {"checkpoint", "threshold"}:
+            raise ValueError(f"teacher must be null or a mapping with checkpoint (and threshold), got {options!r}")
+        return cls(str(options["checkpoint"]), hierarchy, device, float(options.get("threshold", 0.0)))
+
+    @torch.no_grad()
+    def relabel(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        entry = self.table[labels.long()]
+        coarse = (entry >= self.fine_classes) & (entry != self.ignore_index)
+        if not bool(coarse.any()):
+            return labels
+        logits = self.model(images)[-1].float()
+        probabilities = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
+        allowed = self.members[torch.where(coarse, entry - self.fine_classes, 0)].permute(0, 3, 1, 2)  # [N, C, H, W]
+        restricted = probabilities * allowed
+        best, fine = restricted.max(1)
+        confident = coarse & (best >= self.threshold * restricted.sum(1))
+        return torch.where(confident, self.fine_to_raw[fine].to(labels.dtype), labels)
