@@ -94,18 +94,20 @@ QUICK_POOL = 20
 
 
 def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None) -> list[tuple[float, Variant, int]]:
-    """The units to run, in order: fraction, then seed, then variant (teachers before their students)."""
+    """The units to run, in order: seed by seed, every fraction's region-labelled variants (teachers
+    before their students), then the person-mask row; so one seed's table fills first."""
     units = []
-    for fraction in fractions:
-        for seed in range(seeds):
-            for variant in VARIANTS:
-                if keys is not None and variant.key not in keys:
-                    continue
-                if fraction == 1.0 and variant.coarse is not None:
-                    continue  # nothing is coarse: every such variant is stacked_fine or flat_fine
-                if variant.coarse == "person" and fraction not in PERSON_ROW_FRACTIONS:
-                    continue
-                units.append((fraction, variant, seed))
+    for seed in range(seeds):
+        for person_row in (False, True):
+            for fraction in fractions:
+                for variant in VARIANTS:
+                    if (variant.coarse == "person") != person_row or (keys is not None and variant.key not in keys):
+                        continue
+                    if fraction == 1.0 and variant.coarse is not None:
+                        continue  # nothing is coarse: every such variant is stacked_fine or flat_fine
+                    if person_row and fraction not in PERSON_ROW_FRACTIONS:
+                        continue
+                    units.append((fraction, variant, seed))
     return units
 
 
