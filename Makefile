@@ -11,7 +11,7 @@ CUDA_VENV := .venv-cuda
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench cuda-check study clean
+.PHONY: demo test bench cuda-check study study-coarse clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(VENV)/.built
 # (run directories in runs/study).
 study: $(VENV)/.built
 	$(PY) benchmarks/study.py
+
+# Learning fine classes from coarse labels: 9 variants over pools whose fraction f of images keeps
+# part labels and the rest region labels (person masks in one row), 3 seeds; about 14 min a run on
+# 2 cores, resumable run by run (benchmarks/study_coarse_runs/); writes benchmarks/study_coarse.{md,png,json}.
+study-coarse: $(VENV)/.built
+	$(PY) benchmarks/study_coarse.py
 
 # Builds the extension with CUDA in its own venv (CUDA build of torch) and checks the CUDA kernels
 # are registered; needs the CUDA 13.0 toolkit, not a GPU. The venv is reused while it holds that

@@ -29,9 +29,9 @@ def describe_hierarchy(h: Hierarchy) -> dict:
 
     def node_dict(node):
         entry = {"name": node.name, "level": node.depth, "index": node_indices(h, node)}
-        if node.is_leaf:
+        if node.ids:
             entry["ids"] = node.ids
-        else:
+        if node.children:
             entry["children"] = [node_dict(child) for child in node.children]
         return entry
 
@@ -51,6 +51,8 @@ def describe_hierarchy(h: Hierarchy) -> dict:
         ],
         "tree": [node_dict(root) for root in h.roots],
         "label_table": {str(raw): table[:, raw].tolist() for raw in h.declared_ids()},
+        "sets": [[[names[c] for c in members.nonzero().flatten().tolist()] for members in level_sets
+                  if members.any()] for level_sets, names in zip(h.set_members(), map(h.class_names, range(h.num_levels)))],
         "flip_pairs": [list(pair) for pair in h.flip_pairs],
     }
 
@@ -65,7 +67,7 @@ def format_hierarchy(h: Hierarchy) -> str:
 
     def walk(node, indent):
         where = " ".join(f"{name}={index}" for name, index in node_indices(h, node).items())
-        ids = f"  ids {node.ids}" if node.is_leaf else ""
+        ids = f"  ids {node.ids}" if node.ids else ""
         lines.append(f"{'  ' * indent}{node.name}  [{where}]{ids}")
         for child in node.children:
             walk(child, indent + 1)
@@ -73,14 +75,26 @@ def format_hierarchy(h: Hierarchy) -> str:
     for root in h.roots:
         walk(root, 1)
     table = h.label_table()
-    lines += ["", "label-merging table (raw id -> class index per level; unlisted ids are ignored):"]
-    header = f"  {'raw id':>6}  " + "  ".join(f"{name:>12}" for name in h.level_names) + "  class"
+    lines += ["", "label-merging table (raw id -> class index per level, or set sN: a group's classes there, "
+                  "scored by their summed probability; unlisted ids are ignored):"]
+    header = f"  {'raw id':>6}  " + "  ".join(f"{name:>12}" for name in h.level_names) + "  label"
     lines.append(header)
-    fine_names = h.class_names(-1)
+    names = {node.name: node for root in h.roots for node in root.walk()}
+    owner = {i: name for name, node in names.items() for i in node.ids}
+
+    def cell(level, value):
+        count = h.num_classes[level]
+        return f"s{value - count}" if count <= value != h.ignore_index else str(value)
+
     for raw in h.declared_ids():
         row = table[:, raw].tolist()
-        label = fine_names[row[-1]] if row[-1] != h.ignore_index else "(ignored)"
-        lines.append(f"  {raw:>6}  " + "  ".join(f"{v:>12}" for v in row) + f"  {label}")
+        label = owner.get(raw, "(ignored)")
+        lines.append(f"  {raw:>6}  " + "  ".join(f"{cell(level, v):>12}" for level, v in enumerate(row)) + f"  {label}")
+    for level, level_sets in enumerate(h.set_members()):
+        for s, members in enumerate(level_sets):
+            if members.any():
+                classes = [h.class_names(level)[c] for c in members.nonzero().flatten().tolist()]
+                lines.append(f"  set s{s} of {h.level_names[level]}: {', '.join(classes)}")
     if h.flip_pairs:
         lines += ["", "flip pairs: " + ", ".join(f"{a} <-> {b}" for a, b in h.flip_pairs)]
     return "\n".join(lines)

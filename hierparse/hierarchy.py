@@ -78,6 +78,19 @@ def _walk_with_ancestors(node: ClassNode, ancestors: tuple[ClassNode, ...] = ())
         yield from _walk_with_ancestors(child, (node, *ancestors))
 
 
+def mirror_image(node: ClassNode, nodes: Sequence[ClassNode], flip_pairs: Sequence[tuple[str, str]]
+                 ) -> ClassNode | None:
+    """The class whose leaves are ``node``'s with the flip pairs swapped: ``node`` itself when they are
+    mirror-symmetric, else another class with raw ids (a leaf, or a group with ids), else None."""
+    swap = {name: other for pair in flip_pairs for name, other in (pair, pair[::-1])}
+    own = frozenset(leaf.name for leaf in node.leaves())
+    mirrored = frozenset(swap.get(name, name) for name in own)
+    if mirrored == own:
+        return node
+    return next((other for other in nodes if other.ids and frozenset(leaf.name for leaf in other.leaves()) == mirrored),
+                None)
+
+
 def voc_palette(index: int) -> tuple[int, int, int]:
     """The PASCAL VOC colour of ``index``: a fixed, distinguishable default palette."""
     rgb = [0, 0, 0]
@@ -264,14 +277,10 @@ class Hierarchy:
         mirror-symmetric, as every group of the built-in trees is).
         """
         perm = torch.arange(NUM_RAW_IDS, dtype=torch.int64)
-        swap = {name: other for pair in self.flip_pairs for name, other in (pair, pair[::-1])}
-        by_leaves = {frozenset(leaf.name for leaf in node.leaves()): node
-                     for root in self.roots for node in root.walk()}
-        for root in self.roots:
-            for node in root.walk():
-                if node.ids:
-                    mirrored = frozenset(swap.get(leaf.name, leaf.name) for leaf in node.leaves())
-                    perm[node.ids] = torch.tensor(by_leaves[mirrored].ids)
+        nodes = [node for root in self.roots for node in root.walk()]
+        for node in nodes:
+            if node.ids:
+                perm[node.ids] = torch.tensor(mirror_image(node, nodes, self.flip_pairs).ids)
         return perm
 
     def fine_to_raw(self) -> torch.Tensor:
@@ -536,13 +545,11 @@ class _Validator:
     def check_mirrored_groups(self, roots: list[ClassNode], flip_pairs: list[tuple[str, str]]) -> None:
         """A group with raw ids must have a mirror image (a node whose leaves are its leaves with the
         flip pairs swapped, with as many ids), so that mirroring can relabel its pixels."""
-        swap = {name: other for pair in flip_pairs for name, other in (pair, pair[::-1])}
         nodes = [node for root in roots for node in root.walk()]
-        by_leaves = {frozenset(leaf.name for leaf in node.leaves()): node for node in nodes}
         for node in nodes:
             if not (node.ids and node.children):
                 continue
-            mirror = by_leaves.get(frozenset(swap.get(leaf.name, leaf.name) for leaf in node.leaves()))
+            mirror = mirror_image(node, nodes, flip_pairs)
             if mirror is None:
                 self.problem(node.where, "this group has raw ids but no mirror image under flip_pairs (no class "
                              "covers its leaves with left and right swapped)")

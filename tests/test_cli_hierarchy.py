@@ -83,7 +83,7 @@ def test_show_text(files, capsys):
         "  Sky  [coarse=2 fine=3]  ids [3, 4]",
     ]
     # The merging table: one row per declared raw id (class ids, ignored ids, ignore_index).
-    rows = [line.split() for line in out[out.index("label-merging table (raw id -> class index per level; unlisted ids are ignored):") + 2 :]]
+    rows = [line.split() for line in out[out.index(MERGING_TABLE) + 2 :]]
     table = [row for row in rows if row and row[0].isdigit()]
     assert table == [
         ["0", "0", "0", "Background"],
@@ -95,6 +95,27 @@ def test_show_text(files, capsys):
         ["255", "255", "255", "(ignored)"],
     ]
     assert out[-1] == "flip pairs: Left-arm <-> Right-arm"
+
+
+MERGING_TABLE = ("label-merging table (raw id -> class index per level, or set sN: a group's classes there, "
+                 "scored by their summed probability; unlisted ids are ignored):")
+
+
+def test_show_marks_class_sets_per_level(capsys):
+    assert main(["show", "lip"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in out[out.index(MERGING_TABLE) + 2:]
+            if line.split() and line.split()[0].isdigit()}
+    assert rows["21"] == ["1", "1", "s1", "Head"] and rows["20"] == ["1", "s0", "s0", "Person"]
+    assert rows["2"] == ["1", "1", "2", "Hair"]
+    assert "  set s1 of part: Hat, Hair, Sunglasses, Face" in out
+    assert "  set s0 of region: Head, Torso, Arms, Legs" in out
+    assert main(["show", "lip", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["sets"][0] == [] and described["sets"][1] == [["Head", "Torso", "Arms", "Legs"]]
+    assert described["sets"][2][1] == ["Hat", "Hair", "Sunglasses", "Face"]
+    head = described["tree"][1]["children"][0]
+    assert head["name"] == "Head" and head["ids"] == [21] and len(head["children"]) == 4
 
 
 def test_show_builtin_by_name(capsys):

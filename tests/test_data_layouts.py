@@ -317,9 +317,9 @@ def test_undeclared_label_values_name_file_and_values(tmp_path):
     schp_tree(tmp_path)
     path = tmp_path / "train_segmentations" / "a.png"
     label = np.zeros((H, W), np.uint8)
-    label[0, :3] = [20, 77, 20]
+    label[0, :3] = [30, 77, 30]
     Image.fromarray(label).save(path)
-    with pytest.raises(ValueError, match=rf"label file {path} holds raw ids \[20, 77\] .*'lip'"):
+    with pytest.raises(ValueError, match=rf"label file {path} holds raw ids \[30, 77\] .*'lip'"):
         ParsingDataset(tmp_path, "lip", "train")[1]
 
 

@@ -188,7 +188,7 @@ def test_opcheck():
         )
     pixel_weights = torch.rand(2, 2, 5, 6)  # the backward pass of per-pixel losses
     torch.library.opcheck(torch.ops.hierparse.multilevel_cross_entropy.default,
-                          (logits, labels, table, packed, [1.0, 0.5], 0.1, IGNORE, 0, True, True, pixel_weights))
+                          (logits, labels, table, packed, [1.0, 0.5], 0.1, IGNORE, 0, True, True, None, pixel_weights))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -296,16 +296,17 @@ def test_logits_larger_than_the_labels_or_of_another_batch():
     bad(r"level 0 logits are \[1, 2, 4, 6\] but labels are \[2, 6, 7\]", [logits[0][:1], logits[1]], labels, table)
     bad(r"level 1 logits are \[2, 3, 0, 7\]", [logits[0], logits[1][:, :, :0]], labels, table)
     table[0, 2] = 2  # level 0 has 2 classes
-    bad("table maps raw id 2 to class 2 at level 0, but level 0 logits have 2 classes", logits, labels, table)
+    bad("labels contain raw id 2, which the table maps to 2 at level 0, but level 0 logits have 2 classes", logits, labels,
+        table)
 
 
 def test_grad_weights_are_checked():
     logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
     op = torch.ops.hierparse.multilevel_cross_entropy
     with pytest.raises(ValueError, match=r'grad_weights are for reduction "none" only'):
-        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 1, True, False, torch.ones(1))
+        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 1, True, False, None, torch.ones(1))
     with pytest.raises(ValueError, match=r"grad_weights must have the losses' shape \[1, 1, 6, 7\], got \[1, 6, 7\]"):
-        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 0, True, False, torch.ones(1, 6, 7))
+        op(logits, labels, table, None, [1.0], 0.0, IGNORE, 0, True, False, None, torch.ones(1, 6, 7))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

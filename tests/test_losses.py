@@ -87,7 +87,8 @@ def test_flat_model_is_scored_on_the_finest_level():
 def test_table_and_weights_follow_the_module_device():
     loss = HierarchicalLoss("lip", class_weights=[None, torch.ones(5), None]).to(torch.float64)
     assert loss.table.dtype == torch.int64  # .to(dtype) leaves the integer table alone
-    assert {name for name, _ in loss.named_buffers()} == {"table", "class_weights_0", "class_weights_1", "class_weights_2"}
+    assert {name for name, _ in loss.named_buffers()} == {"table", "set_members", "class_weights_0",
+                                                            "class_weights_1", "class_weights_2"}
 
 
 def test_bad_input():

@@ -22,11 +22,12 @@ from hierparse.hierarchy import Hierarchy
 class SetTeacher:
     """``relabel(images, labels)``: raw labels with confident pseudo-labels inside each coarse label's set."""
 
-    def __init__(self, checkpoint: str, hierarchy: Hierarchy, device: torch.device, threshold: float = 0.0):
+    def __init__(self, model: torch.nn.Module, hierarchy: Hierarchy, threshold: float = 0.0):
+        """``model``: images -> per-level logits, the last of them the finest level (on its device)."""
         if not 0 <= threshold <= 1:
             raise ValueError(f"teacher threshold must lie in [0, 1], got {threshold!r}")
-        self.model, _, _ = model_from_checkpoint(checkpoint, device, hierarchy)
-        self.model.requires_grad_(False)
+        device = next(model.parameters()).device
+        self.model = model.eval().requires_grad_(False)
         self.threshold, self.ignore_index = float(threshold), hierarchy.ignore_index
         self.fine_classes = hierarchy.num_classes[-1]
         self.table = hierarchy.label_table()[-1].to(device)
@@ -41,7 +42,8 @@ class SetTeacher:
             return None
         if not isinstance(options, dict) or "checkpoint" not in options or set(options) - {"checkpoint", "threshold"}:
             raise ValueError(f"teacher must be null or a mapping with checkpoint (and threshold), got {options!r}")
-        return cls(str(options["checkpoint"]), hierarchy, device, float(options.get("threshold", 0.0)))
+        model, _, _ = model_from_checkpoint(str(options["checkpoint"]), device, hierarchy)
+        return cls(model, hierarchy, float(options.get("threshold", 0.0)))
 
     @torch.no_grad()
     def relabel(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

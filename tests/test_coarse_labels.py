@@ -1,0 +1,422 @@
+"""Coarse labels: a raw id may name a group, which is a class set at the finer levels.
+
+The fused op's set form is compared with an independent reference (softmax summed over a member
+mask, in float64, after F.interpolate), and the rest of the path with hand-made expectations:
+hierarchy tables, losses, OHEM, metrics, training-set mixtures, the set-restricted teacher.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hierparse
+from hierparse import ops
+from hierparse.data.mixture import CoarsenLabels, MixedDataset, check_sources
+from hierparse.engine.teacher import SetTeacher
+from hierparse.hierarchy import hierarchy_from_yaml
+from hierparse.losses import OHEM, HierarchicalLoss
+from hierparse.metrics import ParsingMetrics
+
+pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="hierparse._C is not built")
+
+IGNORE = 255
+# (loss, gradient) absolute tolerances; half and bfloat16 gradients relative to their largest value
+# (the reference rounds them at full resolution, before the backward of F.interpolate; the op once, at the end)
+TOLERANCE = {torch.float32: (2e-5, 1e-6), torch.float64: (1e-10, 1e-12), torch.float16: (2e-3, 5e-3),
+             torch.bfloat16: (2e-2, 2e-2)}
+
+
+def set_reference(logits, labels, table, members, *, class_weights=None, label_smoothing=0.0, reduction="mean",
+                  align_corners=False, level_weights=None):
+    """Per level: -log of the softmax summed over each pixel's member weights (one-hot for a class), in
+    float64 after F.interpolate (in the logits' type, whose rounding the op reproduces); class weight of a set = its members' weights averaged by member weight;
+    label smoothing as F.cross_entropy's; "mean" divides by the summed target weights."""
+    out = []
+    for level, x in enumerate(logits):
+        if x.shape[-2:] != labels.shape[-2:]:
+            x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
+        x = x.double()
+        classes = x.shape[1]
+        entry = table[level][labels.long()]
+        valid = entry != IGNORE
+        weights = torch.ones(classes, dtype=torch.float64) if class_weights is None else class_weights[level].double()
+        rows = torch.cat([torch.eye(classes, dtype=torch.float64), members[level, :, :classes].double()])
+        target_weight = (rows * weights).sum(1) / rows.sum(1).clamp(min=1e-300)
+        safe = torch.where(valid, entry, 0)
+        p = x.softmax(1)
+        mass = (p * rows[safe].permute(0, 3, 1, 2)).sum(1)
+        smooth = -(x.log_softmax(1) * weights.view(1, -1, 1, 1)).sum(1) / classes
+        loss = (1 - label_smoothing) * target_weight[safe] * -torch.log(mass) + label_smoothing * smooth
+        loss = torch.where(valid, loss, 0.0)
+        if reduction == "sum":
+            loss = loss.sum()
+        elif reduction == "mean":
+            divisor = target_weight[safe][valid].sum()
+            loss = loss.sum() / divisor if bool(valid.any()) else loss.sum() * 0
+        out.append(loss * (1.0 if level_weights is None else level_weights[level]))
+    return torch.stack(out)
+
+
+def set_problem(classes=(2, 5, 12), n=2, h=9, w=70, *, num_ids=14, sets=4, dtype=torch.float32, seed=0,
+                weights="ones", small=None):
+    """Logits, labels, a table whose ids num_ids.. name random sets (one to all classes of a level,
+    ignored at some levels) and their member weights."""
+    g = torch.Generator().manual_seed(seed)
+    L, most = len(classes), max(classes)
+    table = torch.full((L, 256), IGNORE, dtype=torch.int64)
+    members = torch.zeros(L, sets, most)
+    for level, c in enumerate(classes):
+        table[level, :num_ids] = torch.randint(0, c, (num_ids,), generator=g)
+        table[level, :c] = torch.arange(c)
+        sizes = [1, c, *torch.randint(1, c + 1, (sets - 2,), generator=g).tolist()]  # one class, the whole level
+        for s, size in enumerate(sizes):
+            chosen = torch.randperm(c, generator=g)[:size]
+            members[level, s, chosen] = 1.0 if weights == "ones" else torch.rand(size, generator=g) + 0.2
+            table[level, num_ids + s] = c + s
+        table[level, num_ids + sets] = IGNORE  # an id ignored at every level
+    table[1, num_ids + 1] = IGNORE  # ignore inside a set row: the whole-level set, ignored at level 1
+    labels = torch.randint(0, num_ids + sets + 1, (n, h, w), generator=g)
+    labels[torch.rand(n, h, w, generator=g) < 0.05] = IGNORE
+    size = (h, w) if small is None else small
+    logits = [(torch.randn(n, c, *size, generator=g) * 3).to(dtype) for c in classes]
+    return logits, labels.to(torch.uint8), table, members
+
+
+def compare(logits, labels, table, members, **options):
+    dtype = logits[0].dtype
+    leaves = [x.clone().requires_grad_(True) for x in logits]
+    refs = [x.detach().clone().requires_grad_(True) for x in logits]
+    got = ops.multilevel_cross_entropy(leaves, labels, table, set_members=members, **options)
+    want = set_reference(refs, labels, table, members, **options)
+    loss_tol, grad_tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.double(), want, atol=loss_tol * max(1.0, want.abs().max().item()), rtol=1e-5)
+    weights = torch.randn_like(want)
+    for g, r in zip(torch.autograd.grad((got * weights.to(got.dtype)).sum(), leaves),
+                    torch.autograd.grad((want * weights).sum(), refs)):
+        assert g.dtype == dtype and g.shape == r.shape
+        half = dtype in (torch.float16, torch.bfloat16)
+        scale = r.abs().max().item() + 1e-4 if half else 10 * max(1.0, weights.abs().max().item())  # half: + subnormals
+        torch.testing.assert_close(g.double(), r.double(), atol=grad_tol * scale, rtol=2e-2 if half else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("small", [None, (4, 23)], ids=["full-size", "upsampled"])
+def test_sets_match_the_reference_every_dtype_reduction_and_size(dtype, reduction, small):
+    logits, labels, table, members = set_problem(dtype=dtype, w=300 if small is None else 70, small=small)
+    compare(logits, labels, table, members, reduction=reduction)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("class_weights", [False, True])
+@pytest.mark.parametrize("member_weights", ["ones", "random"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_sets_with_every_option(smoothing, class_weights, member_weights, align_corners):
+    logits, labels, table, members = set_problem(classes=(3, 4, 7), n=3, h=7, w=13, num_ids=9, weights=member_weights,
+                                                 small=(3, 5), seed=1)
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.rand(c, generator=g) + 0.1 for c in (3, 4, 7)] if class_weights else None
+    for reduction in ("mean", "none"):
+        compare(logits, labels, table, members, reduction=reduction, label_smoothing=smoothing,
+                class_weights=weights, align_corners=align_corners, level_weights=[0.5, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("small", [None, (3, 20)])
+def test_a_one_class_set_is_bitwise_the_class(small):
+    logits, labels, table, members = set_problem(small=small)
+    exact = table.clone()
+    for level, c in enumerate((2, 5, 12)):
+        one = members[level, 0].nonzero().item()  # set 0 of every level has one member of weight 1
+        exact[level, table[level] == c] = one
+    grads = []
+    for t in (table, exact):
+        leaves = [x.clone().requires_grad_(True) for x in logits]
+        used = labels.clone()
+        used[(table[:, labels.long()] >= torch.tensor([2, 5, 12]).view(3, 1, 1, 1)).any(0) & (labels != 14)] = 0
+        loss = ops.multilevel_cross_entropy(leaves, used, t, set_members=members, reduction="none")
+        grads.append((loss, torch.autograd.grad(loss.sum(), leaves)))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_the_whole_level_as_a_set_costs_nothing():
+    logits = [torch.randn(1, 6, 4, 40, requires_grad=True)]
+    table = torch.full((1, 256), IGNORE)
+    table[0, 0] = 6
+    members = torch.ones(1, 1, 6)
+    loss = ops.multilevel_cross_entropy(logits, torch.zeros(1, 4, 40, dtype=torch.uint8), table, set_members=members)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert abs(loss.item()) < 1e-6 and grad.abs().max() < 1e-7
+
+
+def test_sets_are_deterministic_across_threads_and_match_every_instruction_set():
+    logits, labels, table, members = set_problem(w=300)
+    results, before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        leaves = [x.clone().requires_grad_(True) for x in logits]
+        loss = ops.multilevel_cross_entropy(leaves, labels, table, set_members=members)
+        results.append((loss, torch.autograd.grad(loss.sum(), leaves)))
+    torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and all(
+        torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    for capability in ("default", "avx2", "avx512"):
+        env = {**os.environ, "HIERPARSE_CPU_CAPABILITY": capability}
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                                 "every_dtype_reduction_and_size or every_option or one_class_set"], capture_output=True, text=True,
+                                timeout=300, env=env)
+        if "is not supported by this CPU" in result.stdout + result.stderr:
+            continue
+        assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-2000:]
+
+
+def test_gradcheck_opcheck_and_compile_with_sets():
+    logits, labels, table, members = set_problem(classes=(2, 4), n=1, h=3, w=5, num_ids=5, sets=3,
+                                                 dtype=torch.float64, small=(2, 3))
+    for reduction in ("mean", "none"):
+        def fn(*xs):
+            return ops.multilevel_cross_entropy(list(xs), labels, table, set_members=members, reduction=reduction,
+                                                label_smoothing=0.1)
+        assert torch.autograd.gradcheck(fn, [x.clone().requires_grad_(True) for x in logits])
+    for compute_grad in (False, True):
+        xs = [x.float().clone().requires_grad_(compute_grad) for x in logits]
+        torch.library.opcheck(torch.ops.hierparse.multilevel_cross_entropy.default,
+                              (xs, labels, table, None, [1.0, 0.5], 0.1, IGNORE, 1, compute_grad, False, members))
+
+    def step(xs):
+        return ops.multilevel_cross_entropy(xs, labels, table, set_members=members)
+
+    leaves = [x.float().clone().requires_grad_(True) for x in logits]
+    refs = [x.float().clone().requires_grad_(True) for x in logits]
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(leaves)
+    want = step(refs)
+    torch.testing.assert_close(got, want)
+    for g, r in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), refs)):
+        torch.testing.assert_close(g, r)
+
+
+@st.composite
+def trees(draw):
+    """A random class tree of 2-3 levels whose groups carry raw ids as well as their leaves."""
+    levels = draw(st.integers(2, 3))
+    counter = iter(range(1, 200))
+
+    def node(depth, path):
+        name = f"n{path}"
+        if depth == levels - 1 or draw(st.booleans()) and depth > 0:
+            return f"{{name: {name}, ids: {next(counter)}}}"
+        children = [node(depth + 1, f"{path}_{i}") for i in range(draw(st.integers(1, 3)))]
+        ids = f", ids: {next(counter)}" if draw(st.booleans()) else ""
+        return f"{{name: {name}{ids}, children: [{', '.join(children)}]}}"
+
+    roots = [node(0, str(i)) for i in range(draw(st.integers(1, 3)))]
+    text = (f"name: random\nlevels: [{', '.join(f'l{i}' for i in range(levels))}]\n"
+            f"classes: [{{name: Background, ids: 0}}, {', '.join(roots)}]\n")
+    return hierarchy_from_yaml(text)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=trees(), seed=st.integers(0, 1000))
+def test_random_trees_and_their_tables(tree, seed):
+    g = torch.Generator().manual_seed(seed)
+    declared = torch.tensor([i for i in tree.declared_ids() if i != IGNORE])
+    labels = declared[torch.randint(len(declared), (2, 5, 9), generator=g)].to(torch.uint8)
+    table, members = tree.label_table(), tree.set_members()
+    for level, nodes in enumerate(tree.nodes(l) for l in range(tree.num_levels)):
+        for node, classes in tree.level_targets(level):  # a group's set: its descendants at the level
+            leaves = {leaf.name for leaf in node.leaves()}
+            assert classes == [i for i, n in enumerate(nodes) if {x.name for x in n.leaves()} <= leaves] or \
+                len(classes) == 1
+    logits = [torch.randn(2, c, 5, 9, generator=g, dtype=torch.float64) for c in tree.num_classes]
+    compare(logits, labels, table, members)  # [L, 0, C] when no group has ids
+
+
+def test_bad_set_arguments_name_the_level_set_and_class():
+    logits, labels, table, members = set_problem(classes=(2, 5), num_ids=6, sets=3)
+
+    def bad(match, **options):
+        with pytest.raises(ValueError, match=match):
+            ops.multilevel_cross_entropy(logits, labels, options.pop("table", table), **options)
+
+    bad(r"set_members must be \[L, S, C\] with L = 2 levels and C >= 5", set_members=members[:, :, :4])
+    negative = members.clone()
+    negative[1, 2, 0] = -1
+    bad("set 2 of level 1 gives class 0 the member weight -1", set_members=negative)
+    beyond = torch.zeros(2, 3, 6)
+    beyond[:, :, :5] = members
+    beyond[0, 1, 4] = 1.0
+    bad("set 1 of level 0 names class 4, but level 0 logits have 2 classes", set_members=beyond)
+    empty = members.clone()
+    empty[1, 2] = 0
+    bad("table maps raw id 8 to set 2 of level 1, which has no member", set_members=empty)
+    bad("labels contain raw id 6, which the table maps to 2 at level 0, but level 0 logits have 2 classes",
+        set_members=None)
+    env = {**os.environ, "HIERPARSE_CPU_UPSAMPLING": "gather"}
+    code = ("import torch, hierparse.ops as o; t = torch.full((1, 256), 255); t[0, 0] = 3; "
+            "o.multilevel_cross_entropy([torch.randn(1, 3, 2, 2)], torch.zeros(1, 4, 4, dtype=torch.uint8), t, "
+            "set_members=torch.ones(1, 1, 3))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "class sets are not implemented in the CUDA kernel's algorithm" in result.stderr
+
+
+# ---------------------------------------------------------------------- the training path
+def lip_batch(seed=0, size=(2, 24, 24)):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 25, size, generator=g, dtype=torch.uint8)  # parts 0-19, groups 20-24
+    labels[0, :3] = IGNORE
+    logits = [torch.randn(size[0], c, size[1] // 4, size[2] // 4, generator=g) for c in (2, 5, 20)]
+    return logits, labels
+
+
+def test_hierarchical_loss_scores_lip_groups_by_their_parts():
+    h = hierparse.load_hierarchy("lip")
+    logits, labels = lip_batch()
+    loss = HierarchicalLoss(h, level_weights=[0.5, 1.0, 2.0], ohem=None)
+    got = loss(logits, labels)
+    want = set_reference(logits, labels, h.label_table(), h.set_members(), level_weights=[0.5, 1.0, 2.0])
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_coarse_labels_reach_finer_levels_only_through_the_marginal():
+    """Which levels get gradient from which pixels: a region label (21: Head) trains the person and
+    region levels as a class and the part level through its set (ignore: not at all); part labels
+    train all three."""
+    h = hierparse.load_hierarchy("lip")
+    logits, _ = lip_batch(size=(1, 8, 8))
+    logits = [F.interpolate(x, size=(8, 8)) for x in logits]  # gradients per pixel, at the labels' size
+    labels = torch.full((1, 8, 8), 2, dtype=torch.uint8)  # Hair everywhere
+    labels[:, :4] = 21  # the top half: "somewhere in the head"
+    for mode, part_grad_at_head in (("marginal", True), ("ignore", False)):
+        leaves = [x.clone().requires_grad_(True) for x in logits]
+        losses = HierarchicalLoss(h, coarse_labels=mode, ohem=None)(leaves, labels)
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        top, bottom = [g[0, :, :4].abs().sum().item() for g in grads], [g[0, :, 4:].abs().sum().item() for g in grads]
+        assert all(value > 0 for value in bottom)
+        assert top[0] > 0 and top[1] > 0 and (top[2] > 0) == part_grad_at_head
+        if part_grad_at_head:  # only the head's four parts may gain at a Head pixel
+            part = grads[2][0, :, 0, 0]
+            head = [h.class_names(2).index(n) for n in ("Hat", "Hair", "Sunglasses", "Face")]
+            assert (part[head] < 0).all() and (part[[i for i in range(20) if i not in head]] >= 0).all()
+
+
+def test_ohem_target_probability_of_a_set_is_its_summed_probability():
+    h = hierparse.load_hierarchy("lip")
+    logits, labels = lip_batch(size=(2, 16, 16))
+    logits = [F.interpolate(x, size=(16, 16)) for x in logits]
+    ohem = OHEM(threshold=0.6, min_kept=10)
+    got = HierarchicalLoss(h, ohem=ohem)(logits, labels)
+    table, members = h.label_table(), h.set_members()
+    want = []
+    for level, x in enumerate(logits):
+        per_pixel = set_reference([x], labels, table[level:level + 1], members[level:level + 1], reduction="none")[0]
+        entry = table[level][labels.long()]
+        valid = entry != IGNORE
+        probability = torch.exp(-per_pixel)
+        ordered = probability[valid].sort().values
+        floor = ordered[min(10 * 2, ordered.numel() - 1)]
+        kept = valid & (probability < max(float(floor), 0.6))
+        want.append((per_pixel * kept).sum() / kept.sum().clamp(min=1))
+    torch.testing.assert_close(got.double(), torch.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_score_a_coarse_label_at_its_level_and_above_only():
+    h = hierparse.load_hierarchy("lip")
+    labels = torch.tensor([[[2, 21, 20, 0]]], dtype=torch.uint8)  # Hair, Head, Person, Background
+    preds = [torch.tensor([[[1, 1, 1, 0]]]), torch.tensor([[[1, 1, 2, 0]]]), torch.tensor([[[2, 5, 5, 0]]])]
+    metrics = ParsingMetrics(h)
+    metrics.update(preds, labels)
+    person, region, part = metrics.confusion_matrices
+    assert person.sum() == 4 and person[1, 1] == 3 and person[0, 0] == 1  # every pixel counts at the top
+    assert region.sum() == 3 and region[1, 1] == 2 and region[0, 0] == 1  # "Person" is a set there
+    assert part.sum() == 2 and part[2, 2] == 1 and part[0, 0] == 1  # only the exact part labels
+
+
+# ---------------------------------------------------------------------- data: mixtures, coarsening, teacher
+def test_sources_are_checked_in_one_line():
+    h = hierparse.load_hierarchy("lip")
+    for sources, message in [
+        ([], "non-empty list of sources"),
+        ([{"root": "x"}], r"datasets\[0\] must be a mapping with at least 'dataset'"),
+        ([{"dataset": "synthetic"}, {"dataset": "synthetic", "wieght": 2}], r"datasets\[1\]: unknown key 'wieght'"),
+        ([{"dataset": "lipp"}], "unknown dataset 'lipp'"),
+        ([{"dataset": "lip", "root": "x", "n": 3}], "'n' and 'first' are for dataset synthetic only"),
+        ([{"dataset": "synthetic", "weight": 0}], "weight must be a positive number, got 0"),
+        ([{"dataset": "synthetic", "first": -1}], "first must be a whole number >= 0"),
+        ([{"dataset": "synthetic", "coarsen": "regions"}], "has no level 'regions'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_sources(sources, h)
+
+
+def test_a_mixture_draws_each_source_by_weight_and_cycles_its_images():
+    small, large = list(range(10)), list(range(90))
+
+    class Listed(torch.utils.data.Dataset):
+        hierarchy = None
+
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    mixture = MixedDataset([Listed(small), Listed(large)], [0.5, 0.5])
+    order = mixture.epoch_order(torch.Generator().manual_seed(3), 10_000)
+    from_small = [i for i in order if i < 10]
+    assert abs(len(from_small) / len(order) - 0.5) < 0.02  # by weight, not by size (10%)
+    counts = np.bincount(from_small, minlength=10)
+    assert counts.max() - counts.min() <= 1  # cycled: every fine image about equally often
+    assert order == mixture.epoch_order(torch.Generator().manual_seed(3), 10_000)
+    assert mixture[10] == 0 and mixture[9] == 9 and len(mixture) == 100
+
+
+def test_coarsened_synthetic_images_carry_region_ids_only():
+    h = hierparse.load_hierarchy("lip")
+    data = hierparse.data.SyntheticParsing(h, n=3, size=64, first=5)
+    plain = hierparse.data.SyntheticParsing(h, n=8, size=64)
+    assert np.array_equal(data[0]["label"], plain[5]["label"])  # first: the same stream, shifted
+    coarse = CoarsenLabels(h.coarsening("region"))(data[0])["label"]
+    assert set(np.unique(coarse)) <= {0, 21, 22, 23, 24}
+    expected = h.coarsening("region")[data[0]["label"]]
+    assert np.array_equal(coarse, expected) and set(np.unique(data[0]["label"])) - {0} <= set(range(1, 20))
+
+
+class FixedScores(torch.nn.Module):
+    """A 'model' whose finest-level logits are given, whatever the images."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, images):
+        return [self.logits]
+
+
+def test_the_teacher_picks_the_best_part_inside_each_coarse_label():
+    h = hierparse.load_hierarchy("lip")
+    names = h.class_names(2)
+    logits = torch.full((1, 20, 1, 4), -5.0)
+    logits[0, names.index("Upper-clothes"), 0, :] = 5.0  # the teacher sees upper clothes everywhere,
+    logits[0, names.index("Hair"), 0, 0] = 1.0           # hair a little at pixel 0,
+    logits[0, names.index("Face"), 0, 1] = 1.0           # face at pixel 1
+    logits[0, names.index("Hat"), 0, 1] = 0.9            # and hat nearly as much there
+    teacher = SetTeacher(FixedScores(logits), h, threshold=0.0)
+    labels = torch.tensor([[[21, 21, 2, 20]]], dtype=torch.uint8)  # Head, Head, Hair, Person
+    relabelled = teacher.relabel(torch.zeros(1, 3, 1, 4), labels)
+    assert relabelled.tolist() == [[[2, 13, 2, 5]]]  # Hair, Face (not Upper-clothes), exact unchanged, Upper
+    strict = SetTeacher(FixedScores(logits), h, threshold=0.6)
+    assert strict.relabel(torch.zeros(1, 3, 1, 4), labels).tolist() == [[[2, 21, 2, 5]]]  # Face/Hat too close
+    with pytest.raises(ValueError, match="teacher threshold must lie in"):
+        SetTeacher(FixedScores(logits), h, threshold=2)
