@@ -12,6 +12,7 @@ the *set* of the group's descendants there, which the losses score by its summed
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -124,6 +125,7 @@ class Hierarchy:
         self.roots = list(roots)
         self.source = source
         self._level_nodes = [classes_at_level(self.roots, level) for level in range(self.num_levels)]
+        self.unions: dict[int, tuple[str, ...]] = {}  # raw id -> class names (with_unions; not saved)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -179,22 +181,47 @@ class Hierarchy:
             self._collect_parents(child, node, level, coarse, out)
 
     # ------------------------------------------------------------------ tables
-    def level_targets(self, level: int) -> list[tuple[ClassNode, list[int]]]:
-        """Every node with raw ids and the classes of ``level`` it stands for: one (the class that
-        is or contains it) or, for a group above ``level``, its descendants there, in class order."""
+    def level_targets(self, level: int) -> list[tuple[list[int], list[int]]]:
+        """(raw ids, the classes of ``level`` they stand for) for every class with raw ids, then every
+        union of :meth:`with_unions`: one class (the class that is or contains it) or, for a group above
+        ``level``, its descendants there; a union stands for all its classes' classes, in class order."""
         level = self._level(level)
         members = {id(node): i for i, node in enumerate(self._level_nodes[level])}
-        targets = []
+        nodes = {}
         for root in self.roots:
             for node, ancestors in _walk_with_ancestors(root):
-                if not node.ids:
-                    continue
                 holder = next((n for n in (node, *ancestors) if id(n) in members), None)
-                if holder is not None:
-                    targets.append((node, [members[id(holder)]]))
-                else:
-                    targets.append((node, sorted({members[id(d)] for d in node.walk() if id(d) in members})))
+                nodes[node.name] = (node, [members[id(holder)]] if holder is not None else
+                                    sorted({members[id(d)] for d in node.walk() if id(d) in members}))
+        targets = [(node.ids, classes) for node, classes in nodes.values() if node.ids]
+        for raw, names in self.unions.items():
+            targets.append(([raw], sorted({c for name in names for c in nodes[name][1]})))
         return targets
+
+    def with_unions(self, unions: Sequence[Sequence[str]]) -> tuple["Hierarchy", dict[tuple[str, ...], int]]:
+        """A copy of this tree in which each union of classes (by name) has a raw id of its own, and
+        that allocation: ids from 254 down among those the tree leaves free. Label maps use it for
+        another dataset's classes that are unions of ours; the copy saves and compares as this tree."""
+        known = {node.name for root in self.roots for node in root.walk()}
+        wanted = sorted({tuple(sorted(set(union))) for union in unions})
+        free = [raw for raw in range(NUM_RAW_IDS - 2, -1, -1) if raw not in set(self.declared_ids())]
+        if len(wanted) > len(free):
+            raise ValueError(f"hierarchy {self.name!r} has {len(free)} free raw ids for {len(wanted)} unions")
+        for union in wanted:
+            unknown = [name for name in union if name not in known]
+            if unknown:
+                raise ValueError(f"hierarchy {self.name!r} has no class {unknown[0]!r} (in the union {list(union)})")
+        extended = copy.copy(self)
+        allocation = dict(zip(wanted, free))
+        extended.unions = {**self.unions, **{raw: union for union, raw in allocation.items()}}
+        nodes = [node for root in self.roots for node in root.walk()]
+        for union in wanted:
+            mirrored = tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
+                                     for node in nodes if node.name in union}))
+            if mirrored != union and mirrored not in allocation:
+                raise ValueError(f"the union {list(union)} of hierarchy {self.name!r} has no mirror image "
+                                 f"{list(mirrored)} among the unions")
+        return extended, allocation
 
     def label_table(self) -> torch.Tensor:
         """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere.
@@ -205,11 +232,11 @@ class Hierarchy:
         table = torch.full((self.num_levels, NUM_RAW_IDS), self.ignore_index, dtype=torch.int64)
         for level in range(self.num_levels):
             sets: list[list[int]] = []
-            for node, classes in self.level_targets(level):
+            for ids, classes in self.level_targets(level):
                 if len(classes) == 1:
-                    table[level, node.ids] = classes[0]
+                    table[level, ids] = classes[0]
                 else:
-                    table[level, node.ids] = self.num_classes[level] + len(sets)
+                    table[level, ids] = self.num_classes[level] + len(sets)
                     sets.append(classes)
         return table
 
@@ -234,6 +261,7 @@ class Hierarchy:
     def declared_ids(self) -> list[int]:
         """Raw ids that may appear in annotation files: node ids, ignored ids and ``ignore_index``."""
         ids = {i for root in self.roots for node in root.walk() for i in node.ids} | set(self.ignore_ids)
+        ids |= set(self.unions)
         if 0 <= self.ignore_index < NUM_RAW_IDS:
             ids.add(self.ignore_index)
         return sorted(ids)
@@ -281,6 +309,10 @@ class Hierarchy:
         for node in nodes:
             if node.ids:
                 perm[node.ids] = torch.tensor(mirror_image(node, nodes, self.flip_pairs).ids)
+        union_ids = {union: raw for raw, union in self.unions.items()}
+        for raw, union in self.unions.items():  # with_unions checked that every mirror image exists
+            perm[raw] = union_ids[tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
+                                                for node in nodes if node.name in union}))]
         return perm
 
     def fine_to_raw(self) -> torch.Tensor:

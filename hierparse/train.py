@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hierparse import config as configuration
 from hierparse.data import build_dataset, train_transform
-from hierparse.data.mixture import build_mixture
+from hierparse.data.mixture import build_mixture, label_hierarchy, source_maps
 from hierparse.engine import distributed
 from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
                                         load_checkpoint, model_config, restore_rng)
@@ -159,6 +159,8 @@ class Trainer:
         self.out = Path(config["out"])
         self.log = RunLog(self.out, self.main, config["max_iters"])
         self.hierarchy = load_hierarchy(config["hierarchy"])
+        # the training labels' tree: the hierarchy, with raw ids for the unions of the sources' label maps
+        self.label_tree = label_hierarchy(config["datasets"], self.hierarchy)
         self.train_set, self.val_set = self._datasets()
         checkpoint = self._checkpoint_to_resume()
 
@@ -192,7 +194,7 @@ class Trainer:
     def _datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         config = self.config
         options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
-        augment = train_transform(self.hierarchy, config["crop_size"], scale=tuple(config["train_scale"]))
+        augment = train_transform(self.label_tree, config["crop_size"], scale=tuple(config["train_scale"]))
         if config["datasets"] is not None:
             return (build_mixture(config["datasets"], self.hierarchy, augment, config["crop_size"], config["train_split"]),
                     build_eval_dataset(config, self.hierarchy, config["val_split"]))
@@ -220,13 +222,13 @@ class Trainer:
         self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(
             self.device, memory_format=self.memory_format)
         self.level_names = self.model.level_names
-        self.loss = HierarchicalLoss(self.hierarchy, level_weights=config["level_weights"],
+        self.loss = HierarchicalLoss(self.label_tree, level_weights=config["level_weights"],
                                      class_weights=config["class_weights"],
                                      label_smoothing=config["label_smoothing"],
                                      ohem=OHEM.from_config(config["ohem"]), loss=config["loss"],
                                      focal_gamma=config["focal_gamma"],
                                      coarse_labels=config["coarse_labels"]).to(self.device)
-        self.teacher = SetTeacher.from_config(config["teacher"], self.hierarchy, self.device)
+        self.teacher = SetTeacher.from_config(config["teacher"], self.label_tree, self.device)
         if self.teacher is not None:
             self.teacher.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, config)
@@ -291,13 +293,16 @@ class Trainer:
         if self.iteration >= config["max_iters"]:
             self.log.print(f"{self.out / 'last.pt'} is already at iteration {self.iteration} of {config['max_iters']}")
             return
+        data = config["dataset"] if config["datasets"] is None else f"{len(config['datasets'])} sources"
         self.log.print(
             f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
-            f"on {config['dataset']} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
+            f"on {data} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
             f"for {config['max_iters']} iterations of {config['batch_size']}x{self.world} images; "
             f"{self.device}, {torch.get_num_threads()} threads, {self.amp or 'float32'}"
             f"{', channels_last' if config['channels_last'] else ''}{', compiled' if config['compile'] else ''}; "
             f"run directory {self.out}")
+        for label_map in source_maps(config["datasets"] or []):
+            self.log.print(f"reading {label_map.describe()}")
         self.log.start_progress(self.iteration)
         window = LossWindow(len(self.level_names))
         while self.iteration < config["max_iters"]:

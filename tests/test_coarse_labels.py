@@ -7,6 +7,8 @@ hierarchy tables, losses, OHEM, metrics, training-set mixtures, the set-restrict
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 import hierparse
 from hierparse import ops
-from hierparse.data.mixture import CoarsenLabels, MixedDataset, check_sources
+from hierparse.data.mixture import MixedDataset, RelabelIds, check_sources
 from hierparse.engine.teacher import SetTeacher
 from hierparse.hierarchy import hierarchy_from_yaml
 from hierparse.losses import OHEM, HierarchicalLoss
@@ -231,9 +233,10 @@ def test_random_trees_and_their_tables(tree, seed):
     declared = torch.tensor([i for i in tree.declared_ids() if i != IGNORE])
     labels = declared[torch.randint(len(declared), (2, 5, 9), generator=g)].to(torch.uint8)
     table, members = tree.label_table(), tree.set_members()
+    owner = {i: node for root in tree.roots for node in root.walk() for i in node.ids}
     for level, nodes in enumerate(tree.nodes(l) for l in range(tree.num_levels)):
-        for node, classes in tree.level_targets(level):  # a group's set: its descendants at the level
-            leaves = {leaf.name for leaf in node.leaves()}
+        for ids, classes in tree.level_targets(level):  # a group's set: its descendants at the level
+            leaves = {leaf.name for leaf in owner[ids[0]].leaves()}
             assert classes == [i for i, n in enumerate(nodes) if {x.name for x in n.leaves()} <= leaves] or \
                 len(classes) == 1
     logits = [torch.randn(2, c, 5, 9, generator=g, dtype=torch.float64) for c in tree.num_classes]
@@ -372,7 +375,7 @@ def test_a_mixture_draws_each_source_by_weight_and_cycles_its_images():
         def __getitem__(self, i):
             return self.items[i]
 
-    mixture = MixedDataset([Listed(small), Listed(large)], [0.5, 0.5])
+    mixture = MixedDataset([Listed(small), Listed(large)], [0.5, 0.5], None)
     order = mixture.epoch_order(torch.Generator().manual_seed(3), 10_000)
     from_small = [i for i in order if i < 10]
     assert abs(len(from_small) / len(order) - 0.5) < 0.02  # by weight, not by size (10%)
@@ -387,7 +390,7 @@ def test_coarsened_synthetic_images_carry_region_ids_only():
     data = hierparse.data.SyntheticParsing(h, n=3, size=64, first=5)
     plain = hierparse.data.SyntheticParsing(h, n=8, size=64)
     assert np.array_equal(data[0]["label"], plain[5]["label"])  # first: the same stream, shifted
-    coarse = CoarsenLabels(h.coarsening("region"))(data[0])["label"]
+    coarse = RelabelIds(h.coarsening("region"))(data[0])["label"]
     assert set(np.unique(coarse)) <= {0, 21, 22, 23, 24}
     expected = h.coarsening("region")[data[0]["label"]]
     assert np.array_equal(coarse, expected) and set(np.unique(data[0]["label"])) - {0} <= set(range(1, 20))
@@ -420,3 +423,119 @@ def test_the_teacher_picks_the_best_part_inside_each_coarse_label():
     assert strict.relabel(torch.zeros(1, 3, 1, 4), labels).tolist() == [[[2, 21, 2, 5]]]  # Face/Hat too close
     with pytest.raises(ValueError, match="teacher threshold must lie in"):
         SetTeacher(FixedScores(logits), h, threshold=2)
+
+
+# ---------------------------------------------------------------------- label maps between datasets
+def write_map(tmp_path, body, header="name: m\nsource: atr\ntarget: lip\nmap:\n"):
+    path = tmp_path / "m.yaml"
+    path.write_text(header + body)
+    return path
+
+
+ATR_FULL = "".join(f"  {raw}: Background\n" for raw in range(18))
+
+
+@pytest.mark.parametrize("body, message", [
+    (ATR_FULL.replace("  4: Background", "  4: Cape"), "m.yaml: raw id 4: 'lip' has no class 'Cape'"),
+    (ATR_FULL.replace("  4: Background\n", ""), "m.yaml: raw id 4 of 'atr' is not mapped"),
+    (ATR_FULL + "  4: Hat\n", "m.yaml: line 23: malformed YAML"),  # a raw id mapped twice
+    (ATR_FULL + "  30: Hat\n", "m.yaml: raw id 30: 'atr' does not declare it as a class id"),
+    (ATR_FULL.replace("  4: Background", "  4: 7"), "m.yaml: raw id 4: expected a class name, a list of class"),
+    (ATR_FULL.replace("  4: Background", "  4: [Hat, Hat]"), r"m.yaml: raw id 4: a class is listed twice"),
+    (ATR_FULL.replace("  4: Background", "  4: [Left-arm, Hair]"),
+     r"m.yaml: the union \['Hair', 'Left-arm'\] of hierarchy 'lip' has no mirror image \['Hair', 'Right-arm'\]"),
+])
+def test_label_maps_name_the_file_id_and_class(tmp_path, body, message):
+    from hierparse.label_map import load_label_map
+    with pytest.raises(hierparse.HierarchyError, match=message):
+        load_label_map(write_map(tmp_path, body))
+
+
+def test_a_map_to_a_group_without_ids_is_refused(tmp_path):
+    from hierparse.label_map import load_label_map
+    body = "".join(f"  {raw}: Background\n" for raw in range(7)).replace("  1: Background", "  1: Upper-body")
+    with pytest.raises(hierparse.HierarchyError, match="raw id 1: class 'Upper-body' of 'atr' has no raw ids"):
+        load_label_map(write_map(tmp_path, body, "name: m\nsource: pascal_person_part\ntarget: atr\nmap:\n"))
+
+
+def test_builtin_maps_read_other_datasets_as_lip_classes():
+    from hierparse.label_map import hierarchy_for_maps, load_label_map
+    maps = [load_label_map(name) for name in ("atr_to_lip", "pascal_person_part_to_lip", "cihp_to_lip")]
+    lip, allocation = hierarchy_for_maps(maps[0].target, maps)
+    atr = maps[0].lookup(allocation)
+    names, table, members = lip.class_names(2), lip.label_table(), lip.set_members()
+
+    def part_classes(raw):
+        entry = int(table[2, raw])
+        return {names[entry]} if entry < 20 else {names[c] for c in members[2, entry - 20].nonzero().flatten().tolist()}
+
+    assert part_classes(atr[1]) == {"Hat"} and part_classes(atr[4]) == {"Upper-clothes", "Coat"}
+    assert part_classes(atr[12]) == {"Left-leg", "Socks"} and atr[8] == 255 and atr[16] == 255
+    assert table[1, atr[4]] == lip.class_names(1).index("Torso")  # a union inside one region: exact there
+    assert lip.flip_permutation()[atr[12]] == atr[13] and lip.flip_permutation()[atr[4]] == atr[4]
+    ppp = maps[1].lookup(allocation)
+    assert part_classes(ppp[1]) == {"Hat", "Hair", "Sunglasses", "Face"}
+    assert part_classes(ppp[5]) >= {"Pants", "Skirt", "Left-leg", "Socks", "Dress", "Coat", "Jumpsuits"}
+    assert int(table[1, ppp[5]]) >= 5  # thighs: legs or torso garments, a set at the region level too
+    cihp = maps[2].lookup(allocation)
+    assert [int(cihp[i]) for i in range(25) if i != 10] == [i for i in range(25) if i != 10] and cihp[10] == 22
+    assert lip == hierparse.load_hierarchy("lip")  # the unions do not change what is saved
+
+
+def schp_folder(root, labels_of, count=4, seed=0):
+    """An SCHP-layout train split of synthetic people, labels made by labels_of(lip raw ids)."""
+    from PIL import Image
+    data = hierparse.data.SyntheticParsing("lip", n=count, size=48, seed=seed)
+    (root / "train_images").mkdir(parents=True)
+    (root / "train_segmentations").mkdir()
+    for i in range(count):
+        sample = data[i]
+        Image.fromarray(sample["image"]).save(root / "train_images" / f"{i}.jpg")
+        Image.fromarray(labels_of(sample["label"])).save(root / "train_segmentations" / f"{i}.png")
+    (root / "train_id.txt").write_text("".join(f"{i}\n" for i in range(count)))
+
+
+# LIP raw id -> the ATR raw id an ATR annotator would give (no coat, socks, gloves, jumpsuits in ATR)
+LIP_TO_ATR = np.array([0, 1, 2, 14, 3, 4, 7, 4, 12, 6, 4, 17, 5, 11, 14, 15, 12, 13, 9, 10], dtype=np.uint8)
+
+
+def test_lip_and_atr_folders_train_together_through_the_map(tmp_path):
+    """A LIP-layout and an ATR-layout folder in one run: ATR's upper-clothes (4) reaches the part level
+    as the set {Upper-clothes, Coat} and the region level as Torso exactly; LIP labels stay exact."""
+    from hierparse import config as configuration
+    from hierparse.data.mixture import build_mixture, label_hierarchy
+    from hierparse.data.transforms import eval_transform
+    from hierparse.train import train
+    schp_folder(tmp_path / "lip", lambda label: label)
+    schp_folder(tmp_path / "atr", lambda label: LIP_TO_ATR[label], seed=1)
+    sources = [{"dataset": "lip", "root": str(tmp_path / "lip"), "weight": 0.5},
+               {"dataset": "atr", "root": str(tmp_path / "atr"), "map": "atr_to_lip", "weight": 0.5}]
+    lip = hierparse.load_hierarchy("lip")
+    tree = label_hierarchy(sources, lip)
+    mixture = build_mixture(sources, lip, eval_transform(tree, 48), 48, "train")
+    atr_sample, lip_sample = mixture[4], mixture[0]
+    from hierparse.data.mixture import source_maps
+    from hierparse.label_map import hierarchy_for_maps
+    upper = hierarchy_for_maps(lip, source_maps(sources))[1][("Coat", "Upper-clothes")]
+    assert upper in atr_sample["label"].unique().tolist() and 5 not in atr_sample["label"].unique().tolist()
+    assert set(lip_sample["label"].unique().tolist()) <= set(range(20))
+
+    labels = torch.stack([atr_sample["label"], lip_sample["label"]])
+    logits = [torch.zeros(2, c, 48, 48, requires_grad=True) for c in (2, 5, 20)]
+    losses = HierarchicalLoss(tree, ohem=None)(logits, labels)
+    person, region, part = torch.autograd.grad(losses.sum(), logits)
+    names = lip.class_names(2)
+    where = labels[0] == upper
+    gaining = (part[0][:, where] < 0).all(1)  # classes whose logits the loss raises at those pixels
+    assert {names[c] for c in gaining.nonzero().flatten().tolist()} == {"Upper-clothes", "Coat"}
+    assert (region[0][:, where] < 0).sum(0).eq(1).all() and (region[0][2][where] < 0).all()  # Torso, exactly
+    exact = labels[1] == 5
+    assert ((part[1][:, exact] < 0).sum(0) == 1).all() and (part[1][names.index("Upper-clothes")][exact] < 0).all()
+
+    settings = ["datasets", json.dumps(sources), "max_iters", "2", "batch_size", "2", "crop_size", "32",
+                "eval_size", "32", "synthetic_val_images", "2", "eval_interval", "2", "workers", "0",
+                "out", str(tmp_path / "run")]
+    trainer = train(configuration.resolve(None, settings))
+    assert trainer.iteration == 2 and all(math.isfinite(r["loss"]) for r in trainer.history if r["type"] == "train")
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"type": "eval"' in log

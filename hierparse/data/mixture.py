@@ -1,8 +1,10 @@
 """Training sets mixed from several sources and drawn by weight, e.g. a few finely labelled images
 with many coarsely labelled ones (the config's ``datasets:`` list).
 
-Each source is ``{dataset, root, split, weight, coarsen, n, first}``: ``dataset`` a name of
-:data:`hierparse.data.DATASETS`, ``weight`` its share of every epoch's draws (default 1),
+Each source is ``{dataset, root, split, weight, map, coarsen, n, first}``: ``dataset`` a name of
+:data:`hierparse.data.DATASETS`, ``weight`` its share of every epoch's draws (default 1), ``map`` a
+label map (:mod:`hierparse.label_map`, e.g. ``atr_to_lip``) through which a dataset with its own
+tree (its raw ids, checked against its own hierarchy) is read as the run's classes,
 ``coarsen`` a level name whose nodes relabel everything below them (``Hierarchy.coarsening``:
 part labels become region labels), ``n`` and ``first`` the synthetic pool's size and first image.
 Without weights each source would be drawn in proportion to its size, and a small fine source
@@ -22,13 +24,14 @@ from hierparse.data.dataset import Sample, Transform
 from hierparse.data.registry import DATASETS, build_dataset
 from hierparse.data.transforms import Compose
 from hierparse.hierarchy import Hierarchy
+from hierparse.label_map import LabelMap, hierarchy_for_maps, load_label_map
 
-SOURCE_KEYS = ("dataset", "root", "split", "weight", "coarsen", "n", "first")
+SOURCE_KEYS = ("dataset", "root", "split", "weight", "map", "coarsen", "n", "first")
 SYNTHETIC_ONLY = ("n", "first")
 
 
-class CoarsenLabels:
-    """A transform relabelling raw ids through a ``[256]`` lookup (``Hierarchy.coarsening``)."""
+class RelabelIds:
+    """A transform relabelling raw ids through a ``[256]`` lookup (``Hierarchy.coarsening``, ``LabelMap.lookup``)."""
 
     def __init__(self, lookup: np.ndarray):
         self.lookup = np.asarray(lookup, dtype=np.uint8)
@@ -63,20 +66,35 @@ def check_sources(sources: Any, hierarchy: Hierarchy | None = None) -> list[dict
         coarsen = source.get("coarsen")
         if coarsen is not None and hierarchy is not None:
             hierarchy.coarsening(coarsen)  # raises naming the level or the group without ids
-        checked.append({"root": None, "split": None, "coarsen": None, **source, "weight": float(weight)})
+        if source.get("map") is not None and coarsen is not None:
+            raise ValueError(f"{where}: 'coarsen' and 'map' do not go together (coarsen the dataset in its own tree)")
+        checked.append({"root": None, "split": None, "coarsen": None, "map": None, **source, "weight": float(weight)})
     return checked
+
+
+def source_maps(sources: Sequence[dict[str, Any]]) -> list[LabelMap]:
+    """The label maps the sources name (loaded and checked), in order."""
+    return [load_label_map(source["map"]) for source in check_sources(list(sources)) if source["map"] is not None]
+
+
+def label_hierarchy(sources: Sequence[dict[str, Any]] | None, hierarchy: Hierarchy) -> Hierarchy:
+    """The tree the training labels live in: ``hierarchy``, with raw ids for the unions its sources'
+    label maps use (what the loss and the transforms must know; the model and metrics use ``hierarchy``)."""
+    maps = source_maps(sources) if sources else []
+    return hierarchy_for_maps(hierarchy, maps)[0] if maps else hierarchy
 
 
 class MixedDataset(torch.utils.data.Dataset):
     """The sources one after another (index ``i`` is image ``i - offset`` of its source), with
     :meth:`epoch_order`, which :class:`hierparse.engine.sampling.EpochSampler` uses to draw by weight."""
 
-    def __init__(self, sources: Sequence[torch.utils.data.Dataset], weights: Sequence[float]):
+    def __init__(self, sources: Sequence[torch.utils.data.Dataset], weights: Sequence[float],
+                 hierarchy: Hierarchy | None):
         if len(sources) != len(weights) or not sources:
             raise ValueError(f"got {len(sources)} sources and {len(weights)} weights")
         self.sources, self.weights = list(sources), torch.tensor([float(w) for w in weights], dtype=torch.float64)
         self.offsets = np.cumsum([0, *(len(source) for source in self.sources)]).tolist()
-        self.hierarchy = self.sources[0].hierarchy
+        self.hierarchy = hierarchy
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -102,12 +120,21 @@ class MixedDataset(torch.utils.data.Dataset):
 def build_mixture(sources: Sequence[dict[str, Any]], hierarchy: Hierarchy, transform: Transform, size: int,
                   default_split: str) -> MixedDataset:
     """The training set of a ``datasets:`` list (checked by :func:`check_sources`), every source
-    through the same ``transform`` (after its coarsening, if any)."""
+    through the same ``transform`` after its label map or coarsening, if any. ``hierarchy`` is the
+    run's tree; a mapped source reads its files with the map's source tree."""
+    checked = check_sources(list(sources), hierarchy)
+    maps = source_maps(checked)
+    allocation = hierarchy_for_maps(hierarchy, maps)[1] if maps else {}
+    mapped = iter(maps)
     built = []
-    for source in check_sources(list(sources), hierarchy):
+    for source in checked:
         options = {key: source[key] for key in SYNTHETIC_ONLY if key in source}
-        steps = transform if source["coarsen"] is None else Compose(
-            [CoarsenLabels(hierarchy.coarsening(source["coarsen"])), transform])
+        own_tree, steps = hierarchy, [transform]
+        if source["map"] is not None:
+            label_map = next(mapped)
+            own_tree, steps = label_map.source, [RelabelIds(label_map.lookup(allocation)), transform]
+        elif source["coarsen"] is not None:
+            steps = [RelabelIds(hierarchy.coarsening(source["coarsen"])), transform]
         built.append(build_dataset(source["dataset"], source["root"], source["split"] or default_split,
-                                   hierarchy=hierarchy, transform=steps, size=size, **options))
-    return MixedDataset(built, [source["weight"] for source in check_sources(list(sources))])
+                                   hierarchy=own_tree, transform=Compose(steps), size=size, **options))
+    return MixedDataset(built, [source["weight"] for source in checked], hierarchy)
