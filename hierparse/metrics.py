@@ -235,6 +235,7 @@ class ParsingMetrics:
         per_level = self._per_level_pixels.item() > 0
         if per_level and self._fine_only_pixels.item() > 0:
             raise ValueError("merged metrics mix per-level and finest-only predictions")
+        # merged levels come from the finest confusion: they count the pixels exact at the finest level
         finest = self.hierarchy.num_levels - 1
         confusions = self.confusion_matrices
         module_levels = range(self.hierarchy.num_levels) if per_level else [finest]
@@ -253,6 +254,7 @@ class ParsingMetrics:
             "name": self.hierarchy.level_names[level],
             "level": level,
             "classes": self.hierarchy.class_names(level),
+            "pixels": int(confusion.sum()),  # scored at this level: labels exact here (coarser ones are not)
             **scores_from_confusion(confusion),
         }
 
@@ -297,6 +299,7 @@ def format_metrics(result: dict[str, Any]) -> str:
             lines.append(f"  {class_name}".ljust(width) + scores)
         for label, key in [("mIoU", "miou"), ("pixel acc", "pixel_acc"), ("mean acc", "mean_acc")]:
             lines.append(label.ljust(width) + "".join(_percent(e[key]) for _, e in columns))
+        lines.append("pixels".ljust(width) + "".join(f"{e['pixels']:>9}" for _, e in columns))
         blocks.append("\n".join(lines))
     blocks.append(f"consistency (all levels agree with the tree){_percent(result['consistency'])}")
     return "\n\n".join(blocks)

@@ -301,7 +301,7 @@ class Trainer:
             f"{self.device}, {torch.get_num_threads()} threads, {self.amp or 'float32'}"
             f"{', channels_last' if config['channels_last'] else ''}{', compiled' if config['compile'] else ''}; "
             f"run directory {self.out}")
-        for label_map in source_maps(config["datasets"] or []):
+        for label_map in source_maps(config["datasets"]):
             self.log.print(f"reading {label_map.describe()}")
         self.log.start_progress(self.iteration)
         window = LossWindow(len(self.level_names))

@@ -341,6 +341,8 @@ def test_metrics_score_a_coarse_label_at_its_level_and_above_only():
     assert person.sum() == 4 and person[1, 1] == 3 and person[0, 0] == 1  # every pixel counts at the top
     assert region.sum() == 3 and region[1, 1] == 2 and region[0, 0] == 1  # "Person" is a set there
     assert part.sum() == 2 and part[2, 2] == 1 and part[0, 0] == 1  # only the exact part labels
+    assert [entry["pixels"] for entry in metrics.compute()["levels"]] == [4, 3, 2]
+    assert "pixels" in hierparse.metrics.format_metrics(metrics.compute())
 
 
 # ---------------------------------------------------------------------- data: mixtures, coarsening, teacher

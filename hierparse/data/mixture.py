@@ -72,15 +72,17 @@ def check_sources(sources: Any, hierarchy: Hierarchy | None = None) -> list[dict
     return checked
 
 
-def source_maps(sources: Sequence[dict[str, Any]]) -> list[LabelMap]:
-    """The label maps the sources name (loaded and checked), in order."""
+def source_maps(sources: Sequence[dict[str, Any]] | None) -> list[LabelMap]:
+    """The label maps the sources name (loaded and checked), in order; none without sources."""
+    if not sources:
+        return []
     return [load_label_map(source["map"]) for source in check_sources(list(sources)) if source["map"] is not None]
 
 
 def label_hierarchy(sources: Sequence[dict[str, Any]] | None, hierarchy: Hierarchy) -> Hierarchy:
     """The tree the training labels live in: ``hierarchy``, with raw ids for the unions its sources'
     label maps use (what the loss and the transforms must know; the model and metrics use ``hierarchy``)."""
-    maps = source_maps(sources) if sources else []
+    maps = source_maps(sources)
     return hierarchy_for_maps(hierarchy, maps)[0] if maps else hierarchy
 
 
