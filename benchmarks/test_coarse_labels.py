@@ -2,7 +2,8 @@
 
 The shapes of benchmarks/test_ops.py (3 levels of 2/5/20 classes, N=8, 256x256 labels, 10% ignored),
 with the logits at the labels' size and at 1/8 and 1/4 of it (upsampled in the op, as in training).
-Forward+backward, interleaved round by round against today's table (no set); two set cases:
+Forward+backward on one thread, interleaved round by round against today's table (no set); two set
+cases:
 
 - ``declared``: lip's five groups declared (set entries in the table, set_members passed) but every
   label exact: the price of the set machinery when no pixel uses it (goal: at most 1.10x);
@@ -24,7 +25,7 @@ from test_ops import CLASSES, N, H, W, problem
 
 from hierparse import load_hierarchy, ops
 
-ROUNDS = 16
+ROUNDS = 40
 
 
 def cases(size: tuple[int, int] | None):
@@ -41,7 +42,7 @@ def cases(size: tuple[int, int] | None):
 
 
 @pytest.mark.parametrize("size", [None, (32, 32), (64, 64)], ids=["full-size", "logits-32", "logits-64"])
-def test_set_form_cost_interleaved(benchmark, size):
+def test_set_form_cost_interleaved(benchmark, size, one_thread):
     benchmark.group = "class sets, forward+backward, interleaved"
     logits, problems = cases(size)
 

@@ -33,6 +33,9 @@ struct Plan {
   // set_weights float64 [sum S_l] (the class weight of each set); undefined when no level has a set.
   at::Tensor set_members, set_weights;
   std::vector<double> set_weight_values;  // set_weights on the host
+  // The same sets as member lists for the CPU kernel (host memory): set_classes int32 [sum S_l C_l] (the
+  // first set_sizes[s] entries of row s are its member classes), set_log_weights float64 (their log weights).
+  at::Tensor set_classes, set_sizes, set_log_weights;
   // Raw ids whose table entry at some level is past its classes and sets (e.g. a class set given without
   // set_members): the level (-1: none) and the entry. They are ignored in the int32 table and raise as
   // soon as a label uses them (check_scorable), so a table may hold entries that no label needs.

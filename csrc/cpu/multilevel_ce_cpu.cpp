@@ -310,7 +310,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     a.table = plan.table.data_ptr<int32_t>() + l * plan.K;
     a.class_w = weights ? weights + lp.weight_offset : nullptr;
     if (lp.num_sets > 0) {
-      a.set_members = plan.set_members.data_ptr<float>() + lp.member_offset;
+      a.set_classes = plan.set_classes.data_ptr<int32_t>() + lp.member_offset;
+      a.set_sizes = plan.set_sizes.data_ptr<int32_t>() + lp.set_offset;
+      a.set_log_weights = plan.set_log_weights.data_ptr<double>() + lp.member_offset;
       a.set_weights = plan.set_weights.data_ptr<double>() + lp.set_offset;
     }
     a.grad_scale = lp.grad_scale;

@@ -24,9 +24,12 @@ struct LevelArgs {
   int64_t gs[4];            // gradient strides
   const int32_t* table;     // row of K entries, -1 = ignored
   const float* class_w;     // C weights or nullptr (all 1)
-  // Class sets: table entries C + s name set s, with member weights set_members[s * C + c] and
-  // class weight set_weights[s]; nullptr when the level has none.
-  const float* set_members;
+  // Class sets: table entries C + s name set s, whose set_sizes[s] member classes are
+  // set_classes[s * C + k] with log weights set_log_weights[s * C + k], and whose class weight is
+  // set_weights[s]; nullptr when the level has none.
+  const int32_t* set_classes;
+  const int32_t* set_sizes;
+  const double* set_log_weights;
   const double* set_weights;
   double grad_scale;
   double weight_sum;

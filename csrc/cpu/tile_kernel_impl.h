@@ -80,10 +80,10 @@ struct PendingBlock {
   int count;
 };
 
-// The set pixels of one block after pass 1 (buf holds the logits, m the running max): the target
-// logit of a set pixel becomes log sum_c a_c exp(x_c) over its members c (member weights a_c), its
-// class weight the set's; with share, each member's a_c exp(x_c) / sum (else 0) is written there.
-// In double precision with the C library, one lane at a time.
+// The set pixels of one block after pass 1 (buf holds the logits): the target logit of a set pixel
+// becomes log sum_c a_c exp(x_c) over its members c (member weights a_c), its class weight the set's;
+// with share, each member's a_c exp(x_c) / sum (else 0) is written there. One lane at a time, over the
+// members only, in the compute type.
 template <typename V>
 void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* target, const V* buf, V* x_target,
                      V* w_target, V* share) {
@@ -97,20 +97,22 @@ void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* targ
     for (int j = 0; j < kLanes; ++j) {
       if (target[b][j] < C) continue;
       const int64_t set = target[b][j] - C;
-      const float* members = a.set_members + set * C;
-      double top = -INFINITY;
-      for (int64_t c = 0; c < C; ++c)
-        if (members[c] > 0) top = std::fmax(top, static_cast<double>(buf[c * B + b][j]) + std::log(members[c]));
-      double sum = 0;
-      for (int64_t c = 0; c < C; ++c)
-        if (members[c] > 0) sum += std::exp(static_cast<double>(buf[c * B + b][j]) + std::log(members[c]) - top);
-      x_target[b][j] = static_cast<S>(top + std::log(sum));
+      const int32_t* classes = a.set_classes + set * C;
+      const double* log_weights = a.set_log_weights + set * C;
+      const int32_t size = a.set_sizes[set];
+      S top = -INFINITY;
+      for (int32_t k = 0; k < size; ++k)
+        top = std::fmax(top, buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]));
+      S sum = 0;
+      for (int32_t k = 0; k < size; ++k) {
+        const S e = std::exp(buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]) - top);
+        sum += e;
+        if (share != nullptr) share[classes[k] * B + b][j] = e;
+      }
+      x_target[b][j] = top + std::log(sum);
       w_target[b][j] = static_cast<S>(a.set_weights[set]);
       if (share != nullptr)
-        for (int64_t c = 0; c < C; ++c)
-          if (members[c] > 0)
-            share[c * B + b][j] =
-                static_cast<S>(std::exp(static_cast<double>(buf[c * B + b][j]) + std::log(members[c]) - top) / sum);
+        for (int32_t k = 0; k < size; ++k) share[classes[k] * B + b][j] /= sum;
     }
   }
 }
