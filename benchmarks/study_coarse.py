@@ -15,7 +15,10 @@ and half (``datasets:`` weights 0.5 / 0.5). Variants (the issue's letters):
 - ``stacked_teacher`` / ``flat_teacher`` (f): (c)/(d) with each coarse pixel relabelled by the
   fine-only model of the same fraction and seed ((b)/(a), which therefore run first), restricted to
   the parts its region allows, where that model gives the chosen part at least half of the
-  region's probability (``teacher: {threshold: 0.5}``, :mod:`hierparse.engine.teacher`).
+  region's probability (``teacher: {threshold: 0.5}``, :mod:`hierparse.engine.teacher`);
+- ``stacked_balanced`` (f): (c) with each part of a set weighed by the inverse of its share of the
+  set's pixels in the fine images (``coarse_labels: balanced``), against the marginal's pull
+  towards each region's majority part.
 
 At ``f = 100%`` only (a) and (b) run: there is nothing coarse (the ceiling of the pool). Each run
 is evaluated on 500 validation images at iterations 400, 800 and 1200 (val mIoU against
@@ -79,6 +82,7 @@ VARIANTS = (
     Variant("stacked_ignore", "(e) stacked, coarse labels train coarse levels only", {"coarse_labels": "ignore"}),
     Variant("stacked_teacher", "(f) stacked, marginal + set-restricted teacher (b)", teacher="stacked_fine"),
     Variant("flat_teacher", "(f) flat + skip, marginal + set-restricted teacher (a)", FLAT, teacher="flat_fine"),
+    Variant("stacked_balanced", "(f) stacked, prior-balanced marginal", {"coarse_labels": "balanced"}),
     Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person"),
     Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
             teacher="stacked_fine"),
@@ -90,7 +94,7 @@ SETTINGS: dict[str, Any] = {
     "log_interval": 10, "decode": "independent",
 }
 QUICK_SETTINGS: dict[str, Any] = {**study.QUICK_SETTINGS, "ohem": configuration.DEFAULTS["ohem"], "eval_interval": 2}
-QUICK_POOL = 20
+QUICK_POOL = 40
 
 
 def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None) -> list[tuple[float, Variant, int]]:
@@ -259,7 +263,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for study_coarse.md/png/json (default benchmarks/)")
     parser.add_argument("--runs", type=Path, help="folder for run directories (default runs/study_coarse)")
     args = parser.parse_args(argv)
-    args.fractions = args.fractions or ([0.25] if args.quick else list(FRACTIONS))
+    args.fractions = args.fractions or ([0.10] if args.quick else list(FRACTIONS))
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error(f"fractions must lie in (0, 1], got {args.fractions}")
     args.seeds = args.seeds or (1 if args.quick else 3)

@@ -54,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": None,            # per level: a list of per-class weights or null
     "label_smoothing": 0.0,
     "coarse_labels": "marginal",      # labels naming a group (coarse): marginal, the set's summed probability at
-                                      # finer levels; ignore: they train their own level and coarser ones only
+                                      # finer levels; balanced, each class of the set weighed by its inverse share
+                                      # in exact labels; ignore: they train their own level and coarser ones only
     "teacher": None,                  # {checkpoint, threshold}: coarse labels relabelled with a trained model's best
                                       # class inside each one's set (hierparse.engine.teacher); null: off
     "ohem": {"threshold": 0.7, "min_kept": 3000},  # hard-pixel mining per level (softmax); null: off.

@@ -16,7 +16,7 @@ from hierparse.hierarchy import Hierarchy, load_hierarchy
 
 LOSSES = ("softmax", "tree_min")
 # What a label naming a group does at the levels finer than the group (see HierarchicalLoss).
-COARSE_LABELS = ("marginal", "ignore")
+COARSE_LABELS = ("marginal", "balanced", "ignore")
 # The decodings that read a model's scores the way its loss trained them: "consistent" multiplies
 # per-level softmax probabilities, "tree" adds per-node sigmoid scores (hierparse.predict.decode).
 DECODES_OF_LOSS = {"softmax": ("independent", "consistent"), "tree_min": ("independent", "tree")}
@@ -52,6 +52,26 @@ def fine_level_weights(num_levels: int) -> list[float]:
     shared encoder; measured in benchmarks/RESULTS.md ("Study").
     """
     return [0.5 ** (num_levels - 1 - level) for level in range(num_levels)]
+
+
+def balanced_members(hierarchy: Hierarchy, class_pixels: torch.Tensor) -> torch.Tensor:
+    """``Hierarchy.set_members()`` with each member weighed by ``min share / its share`` of its set's
+    pixels, shares counted (plus one) from ``class_pixels`` (``[256]``: pixels per raw id)."""
+    if class_pixels.shape != (256,):
+        raise ValueError(f"class_pixels must hold one count per raw id (256), got {list(class_pixels.shape)}")
+    members = hierarchy.set_members()
+    exact = hierarchy.exact_table()
+    for level in range(hierarchy.num_levels):
+        classes = hierarchy.num_classes[level]
+        valid = exact[level] < classes
+        counts = torch.zeros(classes, dtype=torch.float64).index_add_(0, exact[level][valid],
+                                                                      class_pixels[valid].double()) + 1
+        for row in members[level]:
+            inside = row[:classes] > 0
+            if inside.any():
+                share = counts / counts[inside].sum()
+                row[:classes] = torch.where(inside, share[inside].min() / share, 0).float()
+    return members
 
 
 @dataclass(frozen=True)
@@ -110,7 +130,11 @@ class HierarchicalLoss(nn.Module):
     the mean over the pixels it keeps.
     ``coarse_labels``: what a label naming a group (a coarse label) does at the finer levels:
     ``"marginal"``, the softmax loss scores the summed probability of the group's classes there;
-    ``"ignore"``, nothing (it trains its own level and the coarser ones only).
+    ``"balanced"``, the same sum with each class weighed by the inverse of its share of the set's
+    pixels in exactly labelled data (``class_pixels``, raw id -> pixel count; the rarest member
+    weighs 1): ``-log sum_c a_c p_c``, so the rich-get-richer pull of the plain marginal towards
+    the set's majority class is undone; ``"ignore"``, nothing (it trains its own level and the
+    coarser ones only).
     """
 
     def __init__(
@@ -124,6 +148,7 @@ class HierarchicalLoss(nn.Module):
         loss: str = "softmax",
         focal_gamma: float = 0.0,
         coarse_labels: str = "marginal",
+        class_pixels: Sequence[int] | torch.Tensor | None = None,
     ):
         super().__init__()
         if coarse_labels not in COARSE_LABELS:
@@ -144,9 +169,14 @@ class HierarchicalLoss(nn.Module):
             raise ValueError(f"got {len(class_weights)} class-weight entries for the {levels} levels of {self.hierarchy.name!r}")
         self.level_weights = None if level_weights is None else [float(w) for w in level_weights]
         self.label_smoothing = float(label_smoothing)
-        table = self.hierarchy.label_table() if coarse_labels == "marginal" else self.hierarchy.exact_table()
+        table = self.hierarchy.exact_table() if coarse_labels == "ignore" else self.hierarchy.label_table()
         self.register_buffer("table", table, persistent=False)
-        self.register_buffer("set_members", self.hierarchy.set_members(), persistent=False)
+        members = self.hierarchy.set_members()
+        if coarse_labels == "balanced":
+            if class_pixels is None:
+                raise ValueError("coarse_labels balanced needs the pixel counts of exactly labelled data (class_pixels)")
+            members = balanced_members(self.hierarchy, torch.as_tensor(class_pixels))
+        self.register_buffer("set_members", members, persistent=False)
         self._class_weight_names = []
         for level, weights in enumerate(class_weights or []):
             count = self.hierarchy.num_classes[level]

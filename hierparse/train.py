@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hierparse import config as configuration
 from hierparse.data import build_dataset, train_transform
-from hierparse.data.mixture import build_mixture, label_hierarchy, source_maps
+from hierparse.data.mixture import build_mixture, exact_pixel_counts, label_hierarchy, source_maps
 from hierparse.engine import distributed
 from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
                                         load_checkpoint, model_config, restore_rng)
@@ -227,7 +227,9 @@ class Trainer:
                                      label_smoothing=config["label_smoothing"],
                                      ohem=OHEM.from_config(config["ohem"]), loss=config["loss"],
                                      focal_gamma=config["focal_gamma"],
-                                     coarse_labels=config["coarse_labels"]).to(self.device)
+                                     coarse_labels=config["coarse_labels"],
+                                     class_pixels=exact_pixel_counts(self.train_set) if config["coarse_labels"] == "balanced"
+                                     else None).to(self.device)
         self.teacher = SetTeacher.from_config(config["teacher"], self.label_tree, self.device)
         if self.teacher is not None:
             self.teacher.model.to(memory_format=self.memory_format)

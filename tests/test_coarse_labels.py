@@ -541,3 +541,26 @@ def test_lip_and_atr_folders_train_together_through_the_map(tmp_path):
     assert trainer.iteration == 2 and all(math.isfinite(r["loss"]) for r in trainer.history if r["type"] == "train")
     log = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"type": "eval"' in log
+
+
+def test_balanced_marginal_weighs_each_member_by_its_inverse_share():
+    from hierparse.data.mixture import build_mixture, exact_pixel_counts
+    from hierparse.losses import balanced_members
+    h = hierparse.load_hierarchy("lip")
+    counts = torch.zeros(256, dtype=torch.int64)
+    counts[[1, 2, 4, 13]] = torch.tensor([99, 399, 49, 199])  # Hat, Hair, Sunglasses, Face: + 1 each
+    members = balanced_members(h, counts)
+    head = members[2, 1]  # part-level set of Head (21)
+    torch.testing.assert_close(head[[1, 2, 3, 4]], torch.tensor([0.5, 0.125, 1.0, 0.25]))
+    assert head.count_nonzero() == 4 and members[0].count_nonzero() == 0
+    logits, labels = lip_batch()
+    got = HierarchicalLoss(h, coarse_labels="balanced", class_pixels=counts, ohem=None)(logits, labels)
+    torch.testing.assert_close(got.double(), set_reference(logits, labels, h.label_table(), members),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="coarse_labels balanced needs the pixel counts"):
+        HierarchicalLoss(h, coarse_labels="balanced")
+    mixture = build_mixture([{"dataset": "synthetic", "n": 3},
+                             {"dataset": "synthetic", "n": 3, "first": 3, "coarsen": "region"}], h, None, 32, "train")
+    plain = hierparse.data.SyntheticParsing(h, n=3, size=32)
+    direct = sum(np.bincount(plain[i]["label"].ravel(), minlength=256) for i in range(3))
+    assert np.array_equal(exact_pixel_counts(mixture).numpy(), direct)  # the coarsened source does not count

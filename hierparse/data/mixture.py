@@ -119,6 +119,23 @@ class MixedDataset(torch.utils.data.Dataset):
         return indices
 
 
+def exact_pixel_counts(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """int64 ``[256]``: pixels per raw id over the sources of a mixture that are neither coarsened nor
+    mapped (one pass over their label maps, without augmentation): the class shares of exact labels."""
+    sources = dataset.sources if isinstance(dataset, MixedDataset) else [dataset]
+    counts = torch.zeros(256, dtype=torch.int64)
+    for source, relabelled in zip(sources, getattr(dataset, "relabelled", [False] * len(sources))):
+        if relabelled:
+            continue
+        transform, source.transform = source.transform, None
+        try:
+            for index in range(len(source)):
+                counts += torch.from_numpy(np.bincount(np.asarray(source[index]["label"]).ravel(), minlength=256))
+        finally:
+            source.transform = transform
+    return counts
+
+
 def build_mixture(sources: Sequence[dict[str, Any]], hierarchy: Hierarchy, transform: Transform, size: int,
                   default_split: str) -> MixedDataset:
     """The training set of a ``datasets:`` list (checked by :func:`check_sources`), every source
@@ -139,4 +156,6 @@ def build_mixture(sources: Sequence[dict[str, Any]], hierarchy: Hierarchy, trans
             steps = [RelabelIds(hierarchy.coarsening(source["coarsen"])), transform]
         built.append(build_dataset(source["dataset"], source["root"], source["split"] or default_split,
                                    hierarchy=own_tree, transform=Compose(steps), size=size, **options))
-    return MixedDataset(built, [source["weight"] for source in checked], hierarchy)
+    mixture = MixedDataset(built, [source["weight"] for source in checked], hierarchy)
+    mixture.relabelled = [source["map"] is not None or source["coarsen"] is not None for source in checked]
+    return mixture
