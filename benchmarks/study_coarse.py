@@ -28,6 +28,7 @@ are rewritten after every run and say how many runs they hold.
 
     python benchmarks/study_coarse.py                       # everything planned (make study-coarse)
     python benchmarks/study_coarse.py --fractions 0.1 --seeds 1
+    python benchmarks/study_coarse.py --report-only         # the tables from the records so far
     python benchmarks/study_coarse.py --quick               # tiny settings into a temporary folder (CI)
 """
 
@@ -262,6 +263,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], help="only these variants")
     parser.add_argument("--out", type=Path, help="folder for study_coarse.md/png/json (default benchmarks/)")
     parser.add_argument("--runs", type=Path, help="folder for run directories (default runs/study_coarse)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the tables from the records there are, training nothing (e.g. after "
+                             "several processes each ran a part of the plan)")
     args = parser.parse_args(argv)
     args.fractions = args.fractions or ([0.10] if args.quick else list(FRACTIONS))
     if any(not 0 < f <= 1 for f in args.fractions):
@@ -291,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = study.load_record(path)
         if record is not None and study.same_run(record["config"], wanted):
             print(f"=== {name}: done before, skipped", flush=True)
+        elif args.report_only:
+            continue
         else:
             print(f"=== {name}", flush=True)
             record = {**run_one(unit_settings(fraction, variant, seed, settings, pool, runs_dir), variant),
@@ -305,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text(out / "study_coarse.json", to_json(report, indent=1) + "\n")
         write_text(out / "study_coarse.md", markdown(report))
         plot(report, out / "study_coarse.png")
+    if not runs:
+        print("no run has finished yet")
+        return 0
     print(markdown(report))
     print(f"wrote {out / 'study_coarse.md'}, .png, .json; records in {records}; run directories in {runs_dir}")
     return 0
