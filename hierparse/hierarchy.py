@@ -595,20 +595,18 @@ def builtin_names() -> list[str]:
     return sorted(path.stem for path in BUILTIN_DIR.glob("*.yaml"))
 
 
-def resolve_path(path_or_name: str | Path) -> Path:
-    """A file path as given, or the built-in hierarchy of that name."""
+def resolve_path(path_or_name: str | Path, folder: Path = BUILTIN_DIR, what: str = "hierarchy") -> Path:
+    """A file path as given, or the built-in file of that name in ``folder`` (hierarchies, label maps)."""
     path = Path(path_or_name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
-            raise FileNotFoundError(f"{path}: hierarchy file not found")
+            raise FileNotFoundError(f"{path}: {what} file not found")
         return path
-    builtin = BUILTIN_DIR / f"{path_or_name}.yaml"
-    if builtin.exists():
+    builtin = folder / f"{path_or_name}.yaml"
+    if builtin.is_file():
         return builtin
-    raise FileNotFoundError(
-        f"{path_or_name}: neither a hierarchy file nor a built-in hierarchy "
-        f"(built-ins: {', '.join(builtin_names())})"
-    )
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise FileNotFoundError(f"{path_or_name}: neither a {what} file nor a built-in {what} (built-ins: {names})")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hierparse.hierarchy import NUM_RAW_IDS, BUILTIN_DIR, Hierarchy, HierarchyError, _UniqueKeyLoader, load_hierarchy
+from hierparse.hierarchy import (NUM_RAW_IDS, BUILTIN_DIR, Hierarchy, HierarchyError, _UniqueKeyLoader, load_hierarchy,
+                                 resolve_path)
 
 MAPS_DIR = BUILTIN_DIR / "maps"
 IGNORE = "ignore"
@@ -61,26 +62,17 @@ class LabelMap:
         return f"label map {self.name} ({self.path}): {self.source.name} raw ids -> {self.target.name} classes"
 
 
-def resolve_map_path(path_or_name: str | Path) -> Path:
-    path = Path(path_or_name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: label map file not found")
-        return path
-    builtin = MAPS_DIR / f"{path_or_name}.yaml"
-    if builtin.is_file():
-        return builtin
-    names = ", ".join(sorted(p.stem for p in MAPS_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"{path_or_name}: neither a label map file nor a built-in map (built-ins: {names})")
-
-
 def load_label_map(path_or_name: str | Path) -> LabelMap:
     """Load and check a label map by path or built-in name (``atr_to_lip``); HierarchyError lists
     every problem, one line each, naming the file and the raw id."""
-    path = resolve_map_path(path_or_name)
+    path = resolve_path(path_or_name, MAPS_DIR, "label map")
     where = str(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise FileNotFoundError(f"{path}: cannot read label map file: {error}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         place = f"line {mark.line + 1}" if mark else "top level"

@@ -564,3 +564,18 @@ def test_balanced_marginal_weighs_each_member_by_its_inverse_share():
     plain = hierparse.data.SyntheticParsing(h, n=3, size=32)
     direct = sum(np.bincount(plain[i]["label"].ravel(), minlength=256) for i in range(3))
     assert np.array_equal(exact_pixel_counts(mixture).numpy(), direct)  # the coarsened source does not count
+
+
+def test_a_bad_map_stops_training_in_one_line_with_exit_2(tmp_path, capsys):
+    from hierparse.cli import main
+    from hierparse.label_map import load_label_map
+    with pytest.raises(FileNotFoundError, match=r"no_such_map: neither a label map file nor a built-in label map "
+                                                r"\(built-ins: atr_to_lip, cihp_to_lip, pascal_person_part_to_lip\)"):
+        load_label_map("no_such_map")
+    bad = write_map(tmp_path, ATR_FULL.replace("  4: Background", "  4: Cape"))
+    sources = json.dumps([{"dataset": "atr", "root": str(tmp_path / "atr"), "map": str(bad)}])
+    out = tmp_path / "run"
+    assert main(["train", "datasets", sources, "out", str(out), "max_iters", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hierparse: error: {bad}: raw id 4: 'lip' has no class 'Cape'"]
+    assert not out.exists()  # nothing trained, no run directory
