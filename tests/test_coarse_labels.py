@@ -484,6 +484,22 @@ def test_builtin_maps_read_other_datasets_as_lip_classes():
     assert lip == hierparse.load_hierarchy("lip")  # the unions do not change what is saved
 
 
+def test_synthetic_images_with_left_and_right_merged():
+    from hierparse.data.mixture import build_mixture, source_maps
+    from hierparse.label_map import hierarchy_for_maps
+    lip = hierparse.load_hierarchy("lip")
+    sources = [{"dataset": "synthetic", "n": 4, "map": "lip_without_left_right"}]
+    tree, allocation = hierarchy_for_maps(lip, source_maps(sources))
+    mixture = build_mixture(sources, lip, lambda sample: sample, 64, "train")
+    plain = hierparse.data.SyntheticParsing(lip, n=4, size=64)
+    arms = allocation[("Left-arm", "Right-arm")]
+    for index in range(4):
+        merged, original = mixture[index]["label"], plain[index]["label"]
+        assert np.array_equal(merged == arms, np.isin(original, [14, 15]))
+        assert np.array_equal(merged[original < 14], original[original < 14])
+    assert tree.flip_permutation()[arms] == arms and tree.label_table()[1, arms] == 3  # Arms, exactly
+
+
 def schp_folder(root, labels_of, count=4, seed=0):
     """An SCHP-layout train split of synthetic people, labels made by labels_of(lip raw ids)."""
     from PIL import Image
@@ -570,7 +586,7 @@ def test_a_bad_map_stops_training_in_one_line_with_exit_2(tmp_path, capsys):
     from hierparse.cli import main
     from hierparse.label_map import load_label_map
     with pytest.raises(FileNotFoundError, match=r"no_such_map: neither a label map file nor a built-in label map "
-                                                r"\(built-ins: atr_to_lip, cihp_to_lip, pascal_person_part_to_lip\)"):
+                                                r"\(built-ins: atr_to_lip, cihp_to_lip, lip_without_left_right, pascal_person_part_to_lip\)"):
         load_label_map("no_such_map")
     bad = write_map(tmp_path, ATR_FULL.replace("  4: Background", "  4: Cape"))
     sources = json.dumps([{"dataset": "atr", "root": str(tmp_path / "atr"), "map": str(bad)}])
