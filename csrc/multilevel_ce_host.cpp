@@ -191,8 +191,7 @@ void check_scorable(const char* op, const Plan& plan, const int64_t* counts) {
                       plan.levels[l].num_sets ? std::string(" and ") + std::to_string(plan.levels[l].num_sets) +
                                                     " class sets"
                                               : std::string(""),
-                      "; an entry C + s names class set s (a coarse label), which needs set_members",
-                      std::string(op) == "tree_min_loss" ? " (tree_min_loss takes no class sets yet)" : "");
+                      "; an entry C + s names class set s (a coarse label), which needs set_members");
   }
 }
 

@@ -28,9 +28,10 @@ TORCH_LIBRARY(hierparse, m) {
   // HSSN's tree-min loss over the class tree whose nodes are the classes of all levels; `parents`
   // holds the parent class of each class of levels 1..L-1, level after level. With compute_grad,
   // also writes d(sum of grad_weights * losses)/d(logits) (grad_weights: ones when None, else
-  // shaped like the losses) in the same pass. reduction as above.
+  // shaped like the losses) in the same pass. reduction as above. set_members as above: at a level
+  // where the label is a set, its members carry no term and the other nodes are negatives.
   m.def(
       "tree_min_loss(Tensor[] logits, Tensor labels, Tensor table, int[] parents, float[] level_weights, "
-      "float focal_gamma, int ignore_index, int reduction, bool compute_grad, Tensor? grad_weights=None) "
-      "-> (Tensor, Tensor[])");
+      "float focal_gamma, int ignore_index, int reduction, bool compute_grad, Tensor? set_members=None, "
+      "Tensor? grad_weights=None) -> (Tensor, Tensor[])");
 }

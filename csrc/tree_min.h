@@ -8,7 +8,9 @@
 //   hi_v = max of x over v and its descendants (bottom-up; arg_hi_v: the node it comes from)
 // The node of the pixel's class at each level (its label path, y_v = 1) has the term f(-lo_v), whose
 // derivative -f'(-lo_v) goes to x at arg_lo_v; every other node has the term f(hi_v), derivative
-// f'(hi_v) to x at arg_hi_v (f: focal_softplus). Level l's loss is the sum of its nodes' terms, and
+// f'(hi_v) to x at arg_hi_v (f: focal_softplus). At a level where the pixel's label is a class set
+// (a coarse label: a node above the level), no node is on the path: the set's members carry no term
+// and every other node is negative. Level l's loss is the sum of its nodes' terms, and
 // their derivatives are multiplied by the level's weight (level weight, "mean" divisor, incoming
 // gradient).
 #pragma once
@@ -76,17 +78,23 @@ HP_HOST_DEVICE void tree_limits(const int32_t* parent, int32_t num_nodes, acc_t*
 // The terms of one valid pixel after tree_limits, level after level and node after node: loss[l] is
 // the sum of level l's terms; when grad is not null (zero on entry), each term's derivative times
 // weight[l] is added to grad at the node it goes to. first: [L + 1] the first node of each level, then
-// the number of nodes; target[l]: the pixel's class at level l.
+// the number of nodes; target[l]: the pixel's class at level l, or C_l + s for class set s there, whose
+// members are the nodes v with in_set[set_first[l] + s * C_l + v - first[l]] != 0 (in_set: nullptr
+// when no level has sets).
 template <typename acc_t, typename node_t>
 HP_HOST_DEVICE void tree_min_terms(int32_t num_levels, const int32_t* first, const int32_t* target, const acc_t* lo,
                                    const node_t* arg_lo, const acc_t* hi, const node_t* arg_hi, acc_t gamma,
-                                   const acc_t* weight, acc_t* loss, acc_t* grad) {
+                                   const acc_t* weight, acc_t* loss, acc_t* grad, const uint8_t* in_set = nullptr,
+                                   const int32_t* set_first = nullptr) {
   for (int32_t l = 0; l < num_levels; ++l) {
+    const int32_t classes = first[l + 1] - first[l];
     const int32_t path_node = first[l] + target[l];
+    const uint8_t* members = target[l] >= classes ? in_set + set_first[l] + (target[l] - classes) * classes : nullptr;
     acc_t level_loss = 0;
     for (int32_t v = first[l]; v < first[l + 1]; ++v) {
       acc_t value, slope;
       int32_t node;
+      if (members != nullptr && members[v - first[l]]) continue;  // inside the coarse label: no term
       if (v == path_node) {  // y_v = 1: f(-lo_v), derivative -f'(-lo_v)
         focal_softplus(-lo[v], gamma, value, slope);
         slope = -slope;

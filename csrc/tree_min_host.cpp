@@ -4,10 +4,12 @@ namespace hierparse {
 
 TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at::Tensor& table,
                        at::IntArrayRef parents, at::ArrayRef<double> level_weights, double focal_gamma,
-                       int64_t ignore_index, int64_t reduction, const c10::optional<at::Tensor>& grad_weights) {
+                       int64_t ignore_index, int64_t reduction, const c10::optional<at::Tensor>& set_members,
+                       const c10::optional<at::Tensor>& grad_weights) {
   TORCH_CHECK_VALUE(focal_gamma >= 0.0, "tree_min_loss: focal_gamma must be >= 0, got ", focal_gamma);
   TreePlan tree;
-  tree.plan = plan_levels("tree_min_loss", logits, labels, table, level_weights, ignore_index, reduction);
+  tree.plan = plan_levels("tree_min_loss", logits, labels, table, level_weights, ignore_index, reduction,
+                          /*smaller_logits=*/false, set_members);
   tree.focal_gamma = focal_gamma;
   const Plan& plan = tree.plan;
   const int64_t L = static_cast<int64_t>(plan.levels.size());
@@ -27,6 +29,11 @@ TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at
   }
   for (const LevelPlan& level : plan.levels) tree.first.push_back(static_cast<int32_t>(level.weight_offset));
   tree.first.push_back(static_cast<int32_t>(num_nodes));
+  if (plan.set_members.defined()) {  // the member weights only say who is in: a set has no weights here
+    const at::Tensor members = plan.set_members.to(at::kCPU);
+    for (int64_t i = 0; i < members.numel(); ++i) tree.in_set.push_back(members.data_ptr<float>()[i] > 0);
+    for (const LevelPlan& level : plan.levels) tree.set_first.push_back(static_cast<int32_t>(level.member_offset));
+  }
 
   const at::Tensor table_cpu = plan.table.to(at::kCPU);
   const int32_t* t = table_cpu.data_ptr<int32_t>();

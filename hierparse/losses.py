@@ -203,7 +203,7 @@ class HierarchicalLoss(nn.Module):
                    "(loss tree_min needs one output per level: stacked true)")
             )
         table, set_members = self.table[chosen], self.set_members[chosen] if self.set_members.shape[1] else None
-        # The tree-min op takes logits at the labels' size only, and no coarse labels (it says so), for now.
+        # The tree-min op takes logits at the labels' size only (for now).
         if self.kind == "tree_min":
             size = labels.shape[-2:]
             logits = [
@@ -212,7 +212,8 @@ class HierarchicalLoss(nn.Module):
             ]
         if self.kind == "tree_min":
             return ops.tree_min_loss(logits, labels, table, self.parents, ignore_index=self.hierarchy.ignore_index,
-                                     focal_gamma=self.focal_gamma, level_weights=self.level_weights)
+                                     focal_gamma=self.focal_gamma, level_weights=self.level_weights,
+                                     set_members=set_members)
         options = dict(
             ignore_index=self.hierarchy.ignore_index,
             level_weights=None if self.level_weights is None else [self.level_weights[l] for l in chosen],

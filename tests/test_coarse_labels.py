@@ -595,3 +595,71 @@ def test_a_bad_map_stops_training_in_one_line_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hierparse: error: {bad}: raw id 4: 'lip' has no class 'Cape'"]
     assert not out.exists()  # nothing trained, no run directory
+
+
+# ---------------------------------------------------------------------- tree-min with coarse labels
+def test_tree_min_scores_a_coarse_label_by_its_path_and_the_nodes_outside_it():
+    """HSSN's loss for a pixel labelled Head (21): person, Person and region, Head are positives; at the
+    part level Head's four parts carry no term and every other part is a negative."""
+    h = hierparse.load_hierarchy("lip")
+    parents = [h.parents(level) for level in (1, 2)]
+    g = torch.Generator().manual_seed(4)
+    logits = [torch.randn(1, c, 1, 2, generator=g, dtype=torch.float64, requires_grad=True) for c in (2, 5, 20)]
+    labels = torch.tensor([[[21, 2]]], dtype=torch.uint8)  # Head; Hair
+    table, members = h.label_table(), h.set_members()
+    losses = ops.tree_min_loss(logits, labels, table, parents, set_members=members, reduction="none")
+    want = ops.reference.tree_min_loss(logits, labels, table, parents, set_members=members, reduction="none")
+    torch.testing.assert_close(losses, want)
+    names = h.class_names(2)
+    head = [names.index(n) for n in ("Hat", "Hair", "Sunglasses", "Face")]
+    others = [c for c in range(20) if c not in head]
+    x = logits[2][0, :, 0, 0].detach()
+    # the part level's negatives: each other part's max over itself (a leaf): softplus(x)
+    torch.testing.assert_close(losses[2, 0, 0, 0], F.softplus(x[others]).sum())
+    assert losses[2, 0, 0, 1] > losses[2, 0, 0, 0] * 0  # Hair pixel: an ordinary path
+    grads = torch.autograd.grad(losses[2, 0, 0, 0], logits)
+    assert (grads[2][0, head, 0, 0] == 0).all() and (grads[2][0, others, 0, 0] > 0).all()
+    with pytest.raises(ValueError, match="labels contain raw id 21, which the table maps to 21 at level 2"):
+        ops.tree_min_loss(logits, labels, table, parents)  # without set_members
+
+
+def test_tree_min_with_sets_against_the_reference_gradcheck_and_opcheck():
+    h = hierparse.load_hierarchy("lip")
+    parents = [h.parents(level) for level in (1, 2)]
+    flat = [p for entry in parents for p in entry]
+    table, members = h.label_table(), h.set_members()
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 25, (2, 6, 7), generator=g, dtype=torch.uint8)
+    labels[0, 0] = IGNORE
+    for dtype, gamma in ((torch.float64, 0.0), (torch.float32, 2.0)):
+        logits = [torch.randn(2, c, 6, 7, generator=g, dtype=dtype) for c in (2, 5, 20)]
+        for reduction in ("mean", "sum", "none"):
+            leaves = [x.clone().requires_grad_(True) for x in logits]
+            refs = [x.clone().requires_grad_(True) for x in logits]
+            got = ops.tree_min_loss(leaves, labels, table, parents, set_members=members, focal_gamma=gamma,
+                                    reduction=reduction, level_weights=[0.5, 1.0, 2.0])
+            want = ops.reference.tree_min_loss(refs, labels, table, parents, set_members=members, focal_gamma=gamma,
+                                               reduction=reduction, level_weights=[0.5, 1.0, 2.0])
+            tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+            torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+            weights = torch.rand_like(want)
+            for a, b in zip(torch.autograd.grad((got * weights).sum(), leaves),
+                            torch.autograd.grad((want * weights).sum(), refs)):
+                torch.testing.assert_close(a, b, atol=tolerance, rtol=1e-4)
+    small = [torch.randn(1, c, 2, 3, generator=g, dtype=torch.float64, requires_grad=True) for c in (2, 5, 20)]
+    few = labels[:1, :2, :3]
+    assert torch.autograd.gradcheck(
+        lambda *xs: ops.tree_min_loss(list(xs), few, table, parents, set_members=members, reduction="none"), small)
+    torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
+                          ([x.detach().float().requires_grad_(True) for x in small], few, table, flat, [1.0] * 3,
+                           0.0, IGNORE, 1, True, members))
+
+
+def test_hierarchical_tree_min_loss_takes_coarse_labels():
+    h = hierparse.load_hierarchy("lip")
+    logits, labels = lip_batch(size=(2, 8, 8))
+    logits = [F.interpolate(x, size=(8, 8)) for x in logits]
+    got = HierarchicalLoss(h, loss="tree_min", ohem=None)(logits, labels)
+    want = ops.reference.tree_min_loss(logits, labels, h.label_table(), [h.parents(1), h.parents(2)],
+                                       set_members=h.set_members())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

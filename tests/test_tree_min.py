@@ -178,7 +178,7 @@ def test_opcheck(device):
                               (xs, labels, table, flat, [1.0, 0.5, 2.0], 2.0, IGNORE, reduction, compute_grad))
     weights = torch.rand(3, device=device)
     torch.library.opcheck(torch.ops.hierparse.tree_min_loss.default,
-                          (logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, weights))
+                          (logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, None, weights))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -214,7 +214,7 @@ def test_logits_that_do_not_fit_the_table_or_labels():
     short = [logits[0], logits[1], logits[2][:, :19]]
     bad("parents entry for level 2 has 20 classes but level 2 logits have 19", short, labels, table, parents)
     bad("tree_min_loss: labels contain raw id 19, which the table maps to 19 at level 2, but level 2 logits have 19 "
-        r"classes \(0..18\); .* \(tree_min_loss takes no class sets yet\)", short,
+        r"classes \(0..18\); an entry C \+ s names class set s \(a coarse label\), which needs set_members", short,
         labels, table, [parents[0], parents[1][:19]])
     bad(r"tree_min_loss: level 1 logits are \[2, 5, 5, 6\] but labels are \[2, 5, 7\]",
         [logits[0], logits[1][..., :6], logits[2]], labels, table, parents)
@@ -236,7 +236,7 @@ def test_bad_labels_and_options(device):
     bad("got 2 level weights for 3 levels", logits, labels, table, parents, level_weights=[1.0, 1.0])
     flat = [p for entry in parents for p in entry]
     with pytest.raises(ValueError, match=r"tree_min_loss: grad_weights must have the losses' shape \[3\], got \[2\]"):
-        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True,
+        torch.ops.hierparse.tree_min_loss(logits, labels, table, flat, [1.0] * 3, 0.0, IGNORE, 1, True, None,
                                           torch.ones(2, device=device))
 
 
@@ -251,7 +251,7 @@ def test_tensors_on_different_devices():
     flat = [p for entry in parents for p in entry]
     with pytest.raises(ValueError, match="tree_min_loss: grad_weights are on cpu but level 0 logits are on cuda:0"):
         torch.ops.hierparse.tree_min_loss(cuda_logits, labels.cuda(), table.cuda(), flat, [1.0] * 3, 0.0, IGNORE, 1,
-                                          True, torch.ones(3))
+                                          True, None, torch.ones(3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

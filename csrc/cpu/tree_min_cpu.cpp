@@ -73,7 +73,8 @@ void run_rows(Args& a, const label_t* labels, bool compute_grad, int64_t row_beg
         }
         tree_limits(tree.parent.data(), static_cast<int32_t>(V), hi.data(), arg_hi.data(), lo.data(), arg_lo.data());
         tree_min_terms(static_cast<int32_t>(L), tree.first.data(), target.data(), lo.data(), arg_lo.data(), hi.data(),
-                       arg_hi.data(), gamma, weight.data(), loss.data(), compute_grad ? grad.data() : nullptr);
+                       arg_hi.data(), gamma, weight.data(), loss.data(), compute_grad ? grad.data() : nullptr,
+                       tree.in_set.data(), tree.set_first.data());
       }
       for (int64_t l = 0; l < L; ++l) {
         if (a.loss_map != nullptr) {
@@ -121,9 +122,9 @@ int64_t count_valid_pixels(const label_t* labels, const TreePlan& tree) {
 std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cpu(
     at::TensorList logits, const at::Tensor& labels, const at::Tensor& table, at::IntArrayRef parents,
     at::ArrayRef<double> level_weights, double focal_gamma, int64_t ignore_index, int64_t reduction,
-    bool compute_grad, const c10::optional<at::Tensor>& grad_weights) {
+    bool compute_grad, const c10::optional<at::Tensor>& set_members, const c10::optional<at::Tensor>& grad_weights) {
   const TreePlan tree = plan_tree_min(logits, labels, table, parents, level_weights, focal_gamma, ignore_index,
-                                      reduction, grad_weights);
+                                      reduction, set_members, grad_weights);
   const Plan& plan = tree.plan;
   const int64_t L = static_cast<int64_t>(plan.levels.size()), rows = plan.N * plan.H;
   const at::Tensor contiguous_labels = labels.contiguous();

@@ -203,11 +203,13 @@ void launch(const TreePlan& tree, at::TensorList logits, const at::Tensor& label
 std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
     at::TensorList logits, const at::Tensor& labels, const at::Tensor& table, at::IntArrayRef parents,
     at::ArrayRef<double> level_weights, double focal_gamma, int64_t ignore_index, int64_t reduction,
-    bool compute_grad, const c10::optional<at::Tensor>& grad_weights) {
+    bool compute_grad, const c10::optional<at::Tensor>& set_members, const c10::optional<at::Tensor>& grad_weights) {
   // Checks every argument first (all tensors on one device, which is a CUDA device here).
   const TreePlan tree = plan_tree_min(logits, labels, table, parents, level_weights, focal_gamma, ignore_index,
-                                      reduction, grad_weights);
+                                      reduction, set_members, grad_weights);
   const Plan& plan = tree.plan;
+  TORCH_CHECK_VALUE(tree.in_set.empty(), "tree_min_loss: class sets (labels naming a node above a level) are not "
+                    "implemented in the CUDA kernel yet; compute this loss on the CPU");
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "tree_min_loss: the CUDA kernel got level 0 logits on ", logits[0].device());
   const int64_t L = static_cast<int64_t>(plan.levels.size());
   const int64_t V = static_cast<int64_t>(tree.parent.size());

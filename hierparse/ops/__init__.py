@@ -181,6 +181,7 @@ def tree_min_loss(
     focal_gamma: float = 0.0,
     level_weights: Sequence[float] | None = None,
     reduction: str = "mean",
+    set_members: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """HSSN's tree-min loss (Li et al., "Deep Hierarchical Semantic Segmentation", CVPR 2022).
 
@@ -191,7 +192,9 @@ def tree_min_loss(
         y_v = 1:  -(1 - m_v)^gamma log(m_v),    m_v = min of s over v and its ancestors
         y_v = 0:  -M_v^gamma log(1 - M_v),      M_v = max of s over v and its descendants
 
-    (gamma = ``focal_gamma``; the gradient goes to the node that gives the min or max). Level ``l``'s
+    (gamma = ``focal_gamma``; the gradient goes to the node that gives the min or max). Where the
+    label is a class set at level ``l`` (``set_members``, a coarse label), no node of the level is on
+    the path: the set's members have no term and the others are negatives. Level ``l``'s
     loss is ``level_weights[l]`` times the sum of its nodes' terms over the valid pixels, divided by
     their number for ``"mean"`` (0 without one); returns float32 ``[L]`` (float64 for float64
     logits), or ``[L, N, H, W]`` for ``reduction="none"`` (0 at invalid pixels).
@@ -210,6 +213,7 @@ def tree_min_loss(
             focal_gamma=focal_gamma,
             level_weights=weights,
             reduction=reduction,
+            set_members=set_members,
         )
     reference.check_parents(parents, [x.shape[1] for x in logits])
     compute_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
@@ -223,6 +227,7 @@ def tree_min_loss(
         int(ignore_index),
         _REDUCTION_CODES[reduction],
         compute_grad,
+        set_members,
     )
     return losses
 
@@ -246,7 +251,7 @@ if HAS_EXTENSION:
     @torch.library.register_fake("hierparse::tree_min_loss")
     def _tree_min_loss_fake(
         logits, labels, table, parents, level_weights, focal_gamma, ignore_index, reduction, compute_grad,
-        grad_weights=None,
+        set_members=None, grad_weights=None,
     ):
         return _fake_outputs(logits, labels, reduction, compute_grad)
 

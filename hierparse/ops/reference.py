@@ -152,8 +152,10 @@ def tree_min_loss(
     focal_gamma: float = 0.0,
     level_weights: Sequence[float] | None = None,
     reduction: str = "mean",
+    set_members: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """HSSN's tree-min loss by ancestor/descendant masks and masked min/max; same contract as the fused op."""
+    """HSSN's tree-min loss by ancestor/descendant masks and masked min/max; same contract as the fused op
+    (at a level where the label names a class set, its members have no term, the rest are negatives)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if focal_gamma < 0:
@@ -173,13 +175,21 @@ def tree_min_loss(
     nodes = x.unsqueeze(1)  # [N, 1, V, H, W]
     low = torch.where(lineage[None, :, :, None, None], nodes, torch.inf).amin(2)
     high = torch.where(lineage.T[None, :, :, None, None], nodes, -torch.inf).amax(2)
-    on_path = torch.cat([
-        F.one_hot(torch.where(valid, targets[level], 0), c).permute(0, 3, 1, 2).bool()
-        for level, c in enumerate(num_classes)
-    ], 1)
+    on_path, no_term = [], []
+    for level, c in enumerate(num_classes):
+        entry = torch.where(valid, targets[level], 0)
+        is_set = entry >= c
+        if bool(is_set.any()) and set_members is None:
+            raise ValueError(f"level {level}: the table names class sets but no set_members were given")
+        on_path.append(F.one_hot(torch.where(is_set, 0, entry), c).permute(0, 3, 1, 2).bool() & ~is_set.unsqueeze(1))
+        members = torch.zeros(*entry.shape, c, dtype=torch.bool, device=x.device)
+        if bool(is_set.any()):
+            members[is_set] = set_members[level].to(x.device)[entry[is_set] - c, :c] > 0
+        no_term.append(members.permute(0, 3, 1, 2))
+    on_path, no_term = torch.cat(on_path, 1), torch.cat(no_term, 1)
     positive = F.softplus(-low) * (1 - torch.sigmoid(low)) ** focal_gamma
     negative = F.softplus(high) * torch.sigmoid(high) ** focal_gamma
-    terms = torch.where(valid.unsqueeze(1), torch.where(on_path, positive, negative), 0)
+    terms = torch.where(valid.unsqueeze(1) & ~no_term, torch.where(on_path, positive, negative), 0)
     losses = torch.stack([terms[:, o:o + c].sum(1) for o, c in zip(offsets, num_classes)])  # [L, N, H, W]
     if reduction != "none":
         losses = losses.sum((1, 2, 3))
