@@ -90,9 +90,11 @@ VARIANTS = (
 )
 PERSON_ROW_FRACTIONS = (0.10,)
 
+# amp null: float32 on every machine, so that runs from sessions on CPUs with and without native
+# bfloat16 (where amp auto would differ) compare.
 SETTINGS: dict[str, Any] = {
     "hierarchy": "lip", "dataset": "synthetic", "eval_interval": 400, "synthetic_val_images": 500,
-    "log_interval": 10, "decode": "independent",
+    "log_interval": 10, "decode": "independent", "amp": None,
 }
 QUICK_SETTINGS: dict[str, Any] = {**study.QUICK_SETTINGS, "ohem": configuration.DEFAULTS["ohem"], "eval_interval": 2}
 QUICK_POOL = 40
@@ -149,7 +151,7 @@ def run_one(unit_config: dict[str, Any], variant: Variant) -> dict[str, Any]:
              for r in trainer.history if r["type"] == "eval"]
     record = {
         "variant": variant.key, "command": shlex.join(["hierparse", "train", *tokens]), "config": trainer.config,
-        "seconds_per_iteration": study.seconds_per_iteration(trainer), "curve": curve,
+        "seconds_per_iteration": study.seconds_per_iteration(trainer), "curve": curve, "amp_used": trainer.amp,
         "decode": {"independent": study.scores(trainer.result)},
     }
     if variant.stacked:
@@ -158,6 +160,14 @@ def run_one(unit_config: dict[str, Any], variant: Variant) -> dict[str, Any]:
                                                                      trainer.device, "consistent"))
     record.update(wall_seconds=time.perf_counter() - start, load_before=load_before, load_after=os.getloadavg()[0])
     return record
+
+
+def same_unit(record: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a record is the run asked for; a run with amp auto counts as the precision it used."""
+    config = record["config"]
+    if config.get("amp") == "auto" and "amp_used" in record:
+        config = {**config, "amp": record["amp_used"]}
+    return study.same_run(config, wanted)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = configuration.resolve(None, study.override_tokens(
             unit_settings(fraction, variant, seed, settings, pool, runs_dir)))
         record = study.load_record(path)
-        if record is not None and study.same_run(record["config"], wanted):
+        if record is not None and same_unit(record, wanted):
             print(f"=== {name}: done before, skipped", flush=True)
         elif args.report_only:
             continue

@@ -115,3 +115,14 @@ def test_quick_coarse_label_study_writes_its_tables_and_resumes(tmp_path):
     assert (tmp_path / "study_coarse.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(keys)
+
+
+def test_coarse_study_counts_an_amp_auto_run_as_the_precision_it_used():
+    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
+    import study_coarse
+    from hierparse import config as configuration
+    wanted = configuration.resolve(None, ["amp", "null", "seed", "3"])
+    recorded = {**wanted, "amp": "auto"}
+    assert study_coarse.same_unit({"config": recorded, "amp_used": None}, wanted)
+    assert not study_coarse.same_unit({"config": recorded, "amp_used": "bf16"}, wanted)
+    assert not study_coarse.same_unit({"config": recorded}, wanted)  # unknown precision: train again
