@@ -362,6 +362,16 @@ def test_sources_are_checked_in_one_line():
             check_sources(sources, h)
 
 
+def test_an_empty_source_is_named(tmp_path):
+    from hierparse.data.mixture import build_mixture
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "train_segmentations").mkdir()
+    (tmp_path / "train_id.txt").write_text("")
+    sources = [{"dataset": "synthetic", "n": 2}, {"dataset": "lip", "root": str(tmp_path)}]
+    with pytest.raises(ValueError, match=rf"empty split: id file {tmp_path / 'train_id.txt'} lists no images"):
+        build_mixture(sources, hierparse.load_hierarchy("lip"), lambda s: s, 32, "train")
+
+
 def test_a_mixture_draws_each_source_by_weight_and_cycles_its_images():
     small, large = list(range(10)), list(range(90))
 

@@ -154,8 +154,10 @@ def build_mixture(sources: Sequence[dict[str, Any]], hierarchy: Hierarchy, trans
             own_tree, steps = label_map.source, [RelabelIds(label_map.lookup(allocation)), transform]
         elif source["coarsen"] is not None:
             steps = [RelabelIds(hierarchy.coarsening(source["coarsen"])), transform]
-        built.append(build_dataset(source["dataset"], source["root"], source["split"] or default_split,
-                                   hierarchy=own_tree, transform=Compose(steps), size=size, **options))
+        split = source["split"] or default_split
+        built.append(build_dataset(source["dataset"], source["root"], split, hierarchy=own_tree,
+                                   transform=Compose(steps), size=size, **options))
+
     mixture = MixedDataset(built, [source["weight"] for source in checked], hierarchy)
     mixture.relabelled = [source["map"] is not None or source["coarsen"] is not None for source in checked]
     return mixture
