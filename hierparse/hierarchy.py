@@ -31,8 +31,9 @@ _NODE_KEYS = {"name", "ids", "color", "children"}
 class HierarchyError(ValueError):
     """An invalid hierarchy file; one line per problem, each naming the file, place and value."""
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
+    def __init__(self, problems: Sequence[str] | str):
+        # a str: one problem per line (as when a DataLoader worker re-raises the error with its traceback)
+        self.problems = problems.splitlines() if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
 
 

@@ -673,3 +673,34 @@ def test_hierarchical_tree_min_loss_takes_coarse_labels():
     want = ops.reference.tree_min_loss(logits, labels, h.label_table(), [h.parents(1), h.parents(2)],
                                        set_members=h.set_members())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_error_in_a_dataloader_worker_reaches_the_cli_as_its_own_line(tmp_path, capsys):
+    from PIL import Image
+    from hierparse.cli import main
+    schp_folder(tmp_path / "lip", lambda label: label, count=2)
+    bad = tmp_path / "lip" / "train_segmentations" / "1.png"
+    label = np.array(Image.open(bad))
+    label[0, 0] = 77
+    Image.fromarray(label).save(bad)
+    sources = json.dumps([{"dataset": "lip", "root": str(tmp_path / "lip")}])
+    code = main(["train", "datasets", sources, "workers", "1", "batch_size", "2", "crop_size", "32", "max_iters", "1",
+                 "synthetic_val_images", "2", "eval_size", "32", "out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"hierparse: error: label file {bad} holds raw ids [77] that hierarchy 'lip' does not "
+                                 "declare (pass undeclared='ignore' to treat them as ignored)"]
+
+
+def test_problems_of_a_worker_error_drop_its_traceback():
+    from torch.utils.data._utils import ExceptionWrapper
+    from hierparse.engine.command import problems_of
+    for error, lines in ((ValueError("label file x.png holds raw ids [77]"), ["label file x.png holds raw ids [77]"]),
+                         (hierparse.HierarchyError(["a.yaml: one", "a.yaml: two"]), ["a.yaml: one", "a.yaml: two"])):
+        try:
+            raise error
+        except type(error):
+            wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+        with pytest.raises(type(error)) as caught:
+            wrapped.reraise()
+        assert str(caught.value).startswith("Caught ") and problems_of(caught.value) == lines
+        assert problems_of(error) == lines

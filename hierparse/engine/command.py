@@ -11,9 +11,21 @@ from hierparse.hierarchy import HierarchyError
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-def print_problems(error: HierarchyError) -> None:
-    """One ``hierparse: error:`` line per problem of an invalid hierarchy file."""
-    for problem in error.problems:
+def problems_of(error: Exception) -> list[str]:
+    """The lines a user reads: a hierarchy's problems or the message, without the traceback that a
+    DataLoader worker wraps an error in ("Caught ValueError in DataLoader worker process 0. Original
+    Traceback ...": the original message is the end of that traceback)."""
+    lines = error.problems if isinstance(error, HierarchyError) else str(error).splitlines()
+    if lines and lines[0].startswith("Caught ") and any(line.startswith("Original Traceback") for line in lines):
+        name = type(error).__name__
+        last = max(i for i, line in enumerate(lines) if line.split(":", 1)[0].split(".")[-1] == name)
+        lines = [lines[last].split(": ", 1)[1] if ": " in lines[last] else "", *lines[last + 1:]]
+    return lines or [type(error).__name__]
+
+
+def print_problems(error: Exception) -> None:
+    """One ``hierparse: error:`` line per problem (of an invalid hierarchy file, or the message)."""
+    for problem in problems_of(error):
         print(f"hierparse: error: {problem}", file=sys.stderr)
 
 
@@ -21,9 +33,6 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     """``command(args)``; a mistake the user can fix prints one line (no traceback) and returns 2."""
     try:
         return command(args)
-    except HierarchyError as error:
+    except USER_ERRORS as error:  # HierarchyError is a ValueError
         print_problems(error)
-        return 2
-    except USER_ERRORS as error:
-        print(f"hierparse: error: {error}", file=sys.stderr)
         return 2
