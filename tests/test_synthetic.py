@@ -144,3 +144,16 @@ def test_bad_arguments_are_refused(kwargs, error, message):
 def test_index_out_of_range():
     with pytest.raises(IndexError, match="index 3 out of range for 3 samples"):
         SyntheticParsing(n=3, size=16)[3]
+
+
+def test_the_module_entry_point_takes_help_and_bad_arguments(tmp_path):
+    import subprocess
+    import sys
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hierparse.data", *args], capture_output=True,
+                                       text=True, timeout=120)
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m hierparse.data")
+    bad = run(str(tmp_path / "x.png"), "--size", "8")
+    assert bad.returncode == 2 and bad.stderr == "hierparse: error: size must be at least 16x16, got 8\n"
+    good = run(str(tmp_path / "x.png"), "--count", "4", "--size", "32")
+    assert good.returncode == 0 and (tmp_path / "x.png").read_bytes().startswith(b"\x89PNG")
