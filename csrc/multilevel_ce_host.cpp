@@ -103,7 +103,8 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
     TORCH_CHECK_VALUE(m.device() == device, op, ": set_members are on ", m.device(), " but level 0 logits are on ",
                       device);
     max_sets = m.size(1);
-    members_cpu = m.to(at::kCPU, at::kDouble).contiguous();
+    // checked as the kernels store them: float32 (a weight that rounds to 0 or to inf counts as such)
+    members_cpu = m.to(at::kCPU, at::kFloat).to(at::kDouble).contiguous();
   }
   const double* members = members_cpu.defined() ? members_cpu.data_ptr<double>() : nullptr;
   const int64_t member_stride = members_cpu.defined() ? members_cpu.size(2) : 0;
@@ -117,10 +118,14 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
       int64_t count = 0, last = -1;
       for (int64_t c = 0; c < member_stride; ++c) {
         TORCH_CHECK_VALUE(row[c] >= 0 && std::isfinite(row[c]), op, ": set ", s, " of level ", l,
-                          " gives class ", c, " the member weight ", row[c], " (expected a finite weight >= 0)");
+                          " gives class ", c, " the member weight ", row[c], " (expected a finite weight >= 0 "
+                          "in float32)");
         TORCH_CHECK_VALUE(c < C || row[c] == 0, op, ": set ", s, " of level ", l, " names class ", c,
                           ", but level ", l, " logits have ", C, " classes");
-        if (row[c] > 0) ++count, last = c;
+        if (row[c] > 0) {
+          ++count;
+          last = c;
+        }
       }
       if (count == 1 && row[last] == 1.0) single[l * max_sets + s] = last;
     }
@@ -128,6 +133,7 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
 
   // The table: every entry a class of its level, a set of it, or ignore_index.
   plan.unscorable_level.assign(plan.K, -1);
+  plan.set_ids.assign(plan.K, 0);
   plan.unscorable_entry.assign(plan.K, 0);
   const at::Tensor table_cpu = table.to(at::kCPU, at::kLong).contiguous();
   const int64_t* t = table_cpu.data_ptr<int64_t>();
@@ -145,6 +151,7 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
                           ", which has no member");
         const int64_t one = single[l * max_sets + s];
         out[l * plan.K + k] = static_cast<int32_t>(one >= 0 ? one : entry);
+        if (one < 0) plan.set_ids[k] = 1;
         continue;
       }
       TORCH_CHECK_VALUE(entry == ignore_index || entry >= 0, op, ": table maps raw id ", k, " to class ", entry,
@@ -174,11 +181,17 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
         for (int64_t s = 0; s < max_sets; ++s)
           for (int64_t c = 0; c < level.num_classes; ++c) packed.push_back(static_cast<float>(set_row(l, s)[c]));
       }
-      plan.set_members = at::tensor(packed, at::kFloat).to(device);
+      plan.member_rows = at::tensor(packed, at::kFloat).to(device);
     }
   }
   plan.table = table_i32.to(device);
   return plan;
+}
+
+bool labels_use_sets(const Plan& plan, const int64_t* counts) {
+  for (int64_t k = 0; k < plan.K; ++k)
+    if (plan.set_ids[k] && counts[k] > 0) return true;
+  return false;
 }
 
 void check_scorable(const char* op, const Plan& plan, const int64_t* counts) {
@@ -227,8 +240,8 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
     for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);
   }
   // The class weight of a set: its members' class weights averaged by member weight (1 without class weights).
-  if (plan.set_members.defined()) {
-    const at::Tensor members = plan.set_members.to(at::kCPU, at::kDouble);
+  if (plan.member_rows.defined()) {
+    const at::Tensor members = plan.member_rows.to(at::kCPU, at::kDouble);
     const at::Tensor w_cpu =
         plan.class_weights.defined() ? plan.class_weights.to(at::kCPU, at::kDouble) : at::Tensor();
     for (const LevelPlan& level : plan.levels) {

@@ -29,9 +29,10 @@ struct Plan {
   at::Tensor table;          // int32 [L, K] on the logits' device, -1 where ignored
   at::Tensor class_weights;  // float32 [sum C_l] on the logits' device, or undefined
   // Class sets (labels naming a node above a level), packed level after level, on the logits' device:
-  // set_members float32 [sum S_l C_l] (set s of level l: its C_l member weights, 0 = not a member),
+  // member_rows float32 [sum S_l C_l] (set s of level l: its C_l member weights, 0 = not a member),
   // set_weights float64 [sum S_l] (the class weight of each set); undefined when no level has a set.
-  at::Tensor set_members, set_weights;
+  at::Tensor member_rows, set_weights;
+  std::vector<uint8_t> set_ids;  // per raw id: 1 when its entry is a set at some level
   std::vector<double> set_weight_values;  // set_weights on the host
   // The same sets as member lists for the CPU kernel (host memory): set_classes int32 [sum S_l C_l] (the
   // first set_sizes[s] entries of row s are its member classes), set_log_weights float64 (their log weights).
@@ -76,6 +77,10 @@ void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, con
 
 // Raises when a label uses a raw id that plan.unscorable_level marks; counts: the label histogram [K].
 void check_scorable(const char* op, const Plan& plan, const int64_t* counts);
+
+// Whether a label uses a raw id whose entry is a class set (counts: the label histogram [K]); for
+// kernels without sets, which may run a table that declares sets as long as no label uses them.
+bool labels_use_sets(const Plan& plan, const int64_t* counts);
 
 // Raises unless every label id lies in 0..K-1.
 void check_label_range(int64_t min_label, int64_t max_label, int64_t K,

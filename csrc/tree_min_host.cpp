@@ -29,8 +29,8 @@ TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at
   }
   for (const LevelPlan& level : plan.levels) tree.first.push_back(static_cast<int32_t>(level.weight_offset));
   tree.first.push_back(static_cast<int32_t>(num_nodes));
-  if (plan.set_members.defined()) {  // the member weights only say who is in: a set has no weights here
-    const at::Tensor members = plan.set_members.to(at::kCPU);
+  if (plan.member_rows.defined()) {  // the member weights only say who is in: a set has no weights here
+    const at::Tensor members = plan.member_rows.to(at::kCPU);
     for (int64_t i = 0; i < members.numel(); ++i) tree.in_set.push_back(members.data_ptr<float>()[i] > 0);
     for (const LevelPlan& level : plan.levels) tree.set_first.push_back(static_cast<int32_t>(level.member_offset));
   }

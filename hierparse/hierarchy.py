@@ -89,8 +89,9 @@ def mirror_image(node: ClassNode, nodes: Sequence[ClassNode], flip_pairs: Sequen
     mirrored = frozenset(swap.get(name, name) for name in own)
     if mirrored == own:
         return node
-    return next((other for other in nodes if other.ids and frozenset(leaf.name for leaf in other.leaves()) == mirrored),
-                None)
+    candidates = [other for other in nodes if other.ids and frozenset(leaf.name for leaf in other.leaves()) == mirrored]
+    candidates.sort(key=lambda other: other.is_leaf != node.is_leaf)  # a leaf mirrors onto a leaf where it can
+    return candidates[0] if candidates else None
 
 
 def voc_palette(index: int) -> tuple[int, int, int]:
@@ -217,8 +218,12 @@ class Hierarchy:
         extended.unions = {**self.unions, **{raw: union for union, raw in allocation.items()}}
         nodes = [node for root in self.roots for node in root.walk()]
         for union in wanted:
-            mirrored = tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
-                                     for node in nodes if node.name in union}))
+            mirrors = {node.name: mirror_image(node, nodes, self.flip_pairs) for node in nodes if node.name in union}
+            lost = [name for name, mirror in mirrors.items() if mirror is None]
+            if lost:
+                raise ValueError(f"class {lost[0]!r} (in the union {list(union)}) of hierarchy {self.name!r} has no "
+                                 "mirror image with raw ids under its flip pairs")
+            mirrored = tuple(sorted({mirror.name for mirror in mirrors.values()}))
             if mirrored != union and mirrored not in allocation:
                 raise ValueError(f"the union {list(union)} of hierarchy {self.name!r} has no mirror image "
                                  f"{list(mirrored)} among the unions")
@@ -239,6 +244,11 @@ class Hierarchy:
                 else:
                     table[level, ids] = self.num_classes[level] + len(sets)
                     sets.append(classes)
+            if self.num_classes[level] <= self.ignore_index < self.num_classes[level] + len(sets):
+                raise ValueError(f"{self.source}: ignore_index {self.ignore_index} collides with class set "
+                                 f"{self.ignore_index - self.num_classes[level]} of level {self.level_names[level]!r} "
+                                 f"(entries {self.num_classes[level]}..{self.num_classes[level] + len(sets) - 1}); "
+                                 "choose a larger ignore_index")
         return table
 
     def set_members(self) -> torch.Tensor:

@@ -82,7 +82,8 @@ class OHEM:
     ``max(threshold, p_k)``, where ``p_k`` is the ``k``-th smallest target probability of the batch
     and ``k = min_kept * batch size`` (so at least ``k`` pixels are kept when there are that many).
     The probabilities are the plain softmax, whatever the class weights or label smoothing; for a
-    pixel labelled with a class set, the summed probability of the set.
+    pixel labelled with a class set, the summed probability of the set (weighed by its member
+    weights, for ``coarse_labels="balanced"``).
     """
 
     threshold: float = 0.7

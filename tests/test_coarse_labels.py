@@ -57,7 +57,9 @@ def set_reference(logits, labels, table, members, *, class_weights=None, label_s
         p = x.softmax(1)
         mass = (p * rows[safe].permute(0, 3, 1, 2)).sum(1)
         smooth = -(x.log_softmax(1) * weights.view(1, -1, 1, 1)).sum(1) / classes
-        loss = (1 - label_smoothing) * target_weight[safe] * -torch.log(mass) + label_smoothing * smooth
+        loss = (1 - label_smoothing) * target_weight[safe] * -torch.log(mass)
+        if label_smoothing:  # (0 * an infinite smoothing term would be NaN)
+            loss = loss + label_smoothing * smooth
         loss = torch.where(valid, loss, 0.0)
         if reduction == "sum":
             loss = loss.sum()
@@ -704,3 +706,59 @@ def test_problems_of_a_worker_error_drop_its_traceback():
             wrapped.reraise()
         assert str(caught.value).startswith("Caught ") and problems_of(caught.value) == lines
         assert problems_of(error) == lines
+
+
+def test_review_edge_cases_of_sets():
+    """A set whose members are all -inf scores +inf (as logsumexp); member weights are checked as the
+    kernel stores them (float32); a union without a mirror image and an ignore_index among the set
+    entries are one-line errors; a kernel without sets runs a table that declares them unused."""
+    table = torch.full((1, 256), IGNORE)
+    table[0, 0], table[0, 1] = 4, 0  # raw 0: set {0, 1}; raw 1: class 0
+    members = torch.zeros(1, 1, 4)
+    members[0, 0, :2] = 1
+    logits = torch.randn(1, 4, 1, 2, dtype=torch.float64)
+    logits[0, :2, 0, 0] = -torch.inf
+    labels = torch.tensor([[[0, 1]]], dtype=torch.uint8)
+    got = ops.multilevel_cross_entropy([logits], labels, table, set_members=members, reduction="none")
+    want = set_reference([logits], labels, table, members, reduction="none")
+    assert torch.isinf(got[0, 0, 0, 0]) and got[0, 0, 0, 0] > 0 and torch.equal(got.isinf(), want.isinf())
+    for weight, message in ((1e-50, "which has no member"), (1e39, r"the member weight inf \(expected a finite")):
+        odd = members.double()
+        odd[0, 0, 0], odd[0, 0, 1] = weight, 0
+        with pytest.raises(ValueError, match=message):
+            ops.multilevel_cross_entropy([logits.float()], labels, table, set_members=odd)
+    h = hierarchy_from_yaml(COARSE_WITH_LEFT_GROUP)
+    with pytest.raises(ValueError, match=r"class 'Lefts' \(in the union \['Background', 'Lefts'\]\) of hierarchy "
+                                         "'coarse' has no mirror image with raw ids"):
+        h.with_unions([["Lefts", "Background"]])
+    clash = hierarchy_from_yaml(COARSE_WITH_LEFT_GROUP.replace("name: coarse\n", "name: coarse\nignore_index: 5\n"))
+    with pytest.raises(ValueError, match="ignore_index 5 collides with class set 0 of level 'detail'"):
+        clash.label_table()
+    lip = hierparse.load_hierarchy("lip")
+    exact_labels = torch.randint(0, 20, (1, 8, 8), dtype=torch.uint8)
+    env = {**os.environ, "HIERPARSE_CPU_UPSAMPLING": "gather"}
+    code = ("import torch, hierparse, hierparse.ops as o; h = hierparse.load_hierarchy('lip'); g = torch.Generator()"
+            ".manual_seed(0); x = [torch.randn(1, c, 4, 4, generator=g) for c in h.num_classes]; "
+            f"y = torch.tensor({exact_labels.tolist()}, dtype=torch.uint8); "
+            "print(o.multilevel_cross_entropy(x, y, h.label_table(), set_members=h.set_members()).tolist())")
+    gathered = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert gathered.returncode == 0, gathered.stderr
+    torch.testing.assert_close(torch.tensor(json.loads(gathered.stdout)), torch.tensor(json.loads(plain.stdout)))
+    assert lip.label_table()[2, 21] == 21  # the table declares sets that these labels do not use
+
+
+COARSE_WITH_LEFT_GROUP = """\
+name: coarse
+levels: [object, part, detail]
+classes:
+  - {name: Background, ids: 0}
+  - name: Person
+    ids: 10
+    children:
+      - name: Lefts
+        children: [{name: Left-arm, ids: 1}, {name: Left-leg, ids: 3}]
+      - name: Rights
+        children: [{name: Right-arm, ids: 2}, {name: Right-leg, ids: 4}]
+flip_pairs: [[Left-arm, Right-arm], [Left-leg, Right-leg]]
+"""

@@ -326,8 +326,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       continue;
     }
     if (gather) {
-      TORCH_CHECK_VALUE(lp.num_sets == 0, "multilevel_cross_entropy: class sets are not implemented in the CUDA "
-                        "kernel's algorithm (HIERPARSE_CPU_UPSAMPLING=gather) yet; level ", l, " has them");
+      TORCH_CHECK_VALUE(!labels_use_sets(plan, counts.data_ptr<int64_t>()), "multilevel_cross_entropy: class sets "
+                        "(labels naming a node above a level) are not implemented in the CUDA kernel's algorithm "
+                        "(HIERPARSE_CPU_UPSAMPLING=gather) yet");
       gathered.push_back(l);
       continue;
     }

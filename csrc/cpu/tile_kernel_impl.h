@@ -103,6 +103,11 @@ void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* targ
       S top = -INFINITY;
       for (int32_t k = 0; k < size; ++k)
         top = std::fmax(top, buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]));
+      w_target[b][j] = static_cast<S>(a.set_weights[set]);
+      if (std::isinf(top)) {  // every member at -inf (the loss is +inf), or one at +inf: as torch.logsumexp
+        x_target[b][j] = top;
+        continue;
+      }
       S sum = 0;
       for (int32_t k = 0; k < size; ++k) {
         const S e = std::exp(buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]) - top);
@@ -110,7 +115,6 @@ void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* targ
         if (share != nullptr) share[classes[k] * B + b][j] = e;
       }
       x_target[b][j] = top + std::log(sum);
-      w_target[b][j] = static_cast<S>(a.set_weights[set]);
       if (share != nullptr)
         for (int32_t k = 0; k < size; ++k) share[classes[k] * B + b][j] /= sum;
     }
@@ -128,9 +132,10 @@ HP_INLINE void write_gradients(const LevelArgs& a, const LevelCoefficients<S>& k
   for (int b = 0; b < B; ++b)
     grad[b] = logit_gradient(k, blk.exp_d[c * B + b], blk.coeff[b], wc, blk.valid[b],
                              blk.target[b] == static_cast<int>(c), blk.w_target[b]);
-  if (blk.share != nullptr)
+  if (blk.share != nullptr) {
     HP_UNROLL_BLOCK
     for (int b = 0; b < B; ++b) grad[b] -= blk.set_coeff[b] * blk.share[c * B + b];
+  }
   io.template gradients<B>(c, blk.p0, blk.count, grad);
 }
 

@@ -243,8 +243,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   // Checks every argument first (all tensors on one device, which is a CUDA device here).
   Plan plan = plan_multilevel_ce(logits, labels, table, class_weights, level_weights, label_smoothing,
                                  ignore_index, reduction, align_corners, set_members);
-  TORCH_CHECK_VALUE(!plan.set_members.defined(), "multilevel_cross_entropy: class sets (labels naming a node above "
-                    "a level) are not implemented in the CUDA kernel yet; compute this loss on the CPU");
+
   const at::Tensor pixel_grad_weights = checked_pixel_grad_weights(plan, grad_weights, logits[0].device());
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "multilevel_cross_entropy: the CUDA kernel got level 0 logits on ",
                     logits[0].device());
@@ -254,6 +253,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K);
   check_scorable("multilevel_cross_entropy", plan, s);
+  // a table may declare sets (e.g. a tree whose groups have ids) as long as no label uses one
+  TORCH_CHECK_VALUE(!labels_use_sets(plan, s), "multilevel_cross_entropy: class sets (labels naming a node above a "
+                    "level) are not implemented in the CUDA kernel yet; compute this loss on the CPU");
   set_level_scales(plan, stats.slice(0, 0, plan.K));
 
   at::Tensor losses = allocate_losses(plan, logits[0]);

@@ -208,8 +208,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
   const TreePlan tree = plan_tree_min(logits, labels, table, parents, level_weights, focal_gamma, ignore_index,
                                       reduction, set_members, grad_weights);
   const Plan& plan = tree.plan;
-  TORCH_CHECK_VALUE(tree.in_set.empty(), "tree_min_loss: class sets (labels naming a node above a level) are not "
-                    "implemented in the CUDA kernel yet; compute this loss on the CPU");
   TORCH_CHECK_VALUE(logits[0].is_cuda(), "tree_min_loss: the CUDA kernel got level 0 logits on ", logits[0].device());
   const int64_t L = static_cast<int64_t>(plan.levels.size());
   const int64_t V = static_cast<int64_t>(tree.parent.size());
@@ -224,6 +222,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K, "tree_min_loss");
   check_scorable("tree_min_loss", plan, s);
+  TORCH_CHECK_VALUE(!labels_use_sets(plan, s), "tree_min_loss: class sets (labels naming a node above a level) are "
+                    "not implemented in the CUDA kernel yet; compute this loss on the CPU");
   int64_t num_valid = 0;
   for (int64_t k = 0; k < plan.K; ++k) num_valid += tree.valid[k] ? s[k] : 0;
 

@@ -16,7 +16,8 @@ level: its descendants there); with member weights ``a = set_members[l, s]`` (1 
 otherwise, as ``Hierarchy.set_members()`` gives them) the pixel's cross-entropy term is the
 marginal likelihood ``-log sum_c a_c softmax(u_l)_c``, with gradient ``softmax(u_l) - q`` where
 ``q_c = a_c softmax(u_l)_c / sum_c' a_c' softmax(u_l)_c'``; a one-class set is plain
-cross-entropy. For a set, the class weight is its members' weights averaged by ``a`` and label
+cross-entropy (member weights above 1 make the loss negative where they dominate; the shift
+leaves the gradient as it is). For a set, the class weight is its members' weights averaged by ``a`` and label
 smoothing adds its usual uniform term.
 
 Everything is computed for all levels in one pass over the logits, with the labels read as raw ids (never an

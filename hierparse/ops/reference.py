@@ -42,7 +42,9 @@ def set_cross_entropy(x: torch.Tensor, entry: torch.Tensor, members: torch.Tenso
     log_p = torch.log_softmax(x, 1)
     nll = -torch.logsumexp(log_p + torch.log(member), 1)
     smooth = -(log_p * weight.view(1, -1, 1, 1)).sum(1) / classes
-    loss = (1 - label_smoothing) * target_weight[safe] * nll + label_smoothing * smooth
+    loss = (1 - label_smoothing) * target_weight[safe] * nll
+    if label_smoothing:  # as F.cross_entropy: no smoothing term at all without smoothing (0 * inf is NaN)
+        loss = loss + label_smoothing * smooth
     return torch.where(valid, loss, 0)
 
 
