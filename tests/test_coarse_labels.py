@@ -270,7 +270,8 @@ def test_bad_set_arguments_name_the_level_set_and_class():
             "o.multilevel_cross_entropy([torch.randn(1, 3, 2, 2)], torch.zeros(1, 4, 4, dtype=torch.uint8), t, "
             "set_members=torch.ones(1, 1, 3))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert "class sets are not implemented in the CUDA kernel's algorithm" in result.stderr
+    assert "class sets (labels naming a node above a level) are not implemented in the CUDA kernel's algorithm" in \
+        result.stderr
 
 
 # ---------------------------------------------------------------------- the training path
