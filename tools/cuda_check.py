@@ -90,7 +90,7 @@ def smoke_test_tree_min(device: str) -> str | None:
         expected_grads = torch.autograd.grad((expected * weights).sum(), xs)
         losses, grads = torch.ops.hierparse.tree_min_loss(
             [x.to(device) for x in logits], labels.to(device), table.to(device), flat, level_weights, 2.0, 255,
-            code, True, None if reduction == "mean" else weights.to(device),
+            code, True, None, None if reduction == "mean" else weights.to(device),
         )
         if not torch.allclose(losses.cpu(), expected.detach(), rtol=1e-10, atol=1e-12):
             return f"tree_min_loss {reduction}: losses {losses.cpu().flatten()[:6].tolist()} differ from the reference"
