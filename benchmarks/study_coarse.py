@@ -163,9 +163,10 @@ def run_one(unit_config: dict[str, Any], variant: Variant) -> dict[str, Any]:
 
 
 def same_unit(record: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether a record is the run asked for; a run with amp auto counts as the precision it used."""
+    """Whether a record is the run asked for; a run with amp auto counts as the precision it used
+    when another precision is asked for."""
     config = record["config"]
-    if config.get("amp") == "auto" and "amp_used" in record:
+    if config.get("amp") == "auto" and wanted.get("amp") != "auto" and "amp_used" in record:
         config = {**config, "amp": record["amp_used"]}
     return study.same_run(config, wanted)
 

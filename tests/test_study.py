@@ -126,3 +126,4 @@ def test_coarse_study_counts_an_amp_auto_run_as_the_precision_it_used():
     assert study_coarse.same_unit({"config": recorded, "amp_used": None}, wanted)
     assert not study_coarse.same_unit({"config": recorded, "amp_used": "bf16"}, wanted)
     assert not study_coarse.same_unit({"config": recorded}, wanted)  # unknown precision: train again
+    assert study_coarse.same_unit({"config": recorded, "amp_used": None}, recorded)  # auto asked, auto recorded
