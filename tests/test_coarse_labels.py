@@ -730,10 +730,10 @@ def test_review_edge_cases_of_sets():
             ops.multilevel_cross_entropy([logits.float()], labels, table, set_members=odd)
     h = hierarchy_from_yaml(COARSE_WITH_LEFT_GROUP)
     with pytest.raises(ValueError, match=r"class 'Lefts' \(in the union \['Background', 'Lefts'\]\) of hierarchy "
-                                         "'coarse' has no mirror image with raw ids"):
+                                         "'mirrors' has no mirror image with raw ids"):
         h.with_unions([["Lefts", "Background"]])
-    clash = hierarchy_from_yaml(COARSE_WITH_LEFT_GROUP.replace("name: coarse\n", "name: coarse\nignore_index: 5\n"))
-    with pytest.raises(ValueError, match="ignore_index 5 collides with class set 0 of level 'detail'"):
+    clash = hierarchy_from_yaml(COARSE_WITH_LEFT_GROUP.replace("name: mirrors\n", "name: mirrors\nignore_index: 5\n"))
+    with pytest.raises(ValueError, match="ignore_index 5 collides with class set 0 of level 'limb'"):
         clash.label_table()
     lip = hierparse.load_hierarchy("lip")
     exact_labels = torch.randint(0, 20, (1, 8, 8), dtype=torch.uint8)
@@ -750,16 +750,12 @@ def test_review_edge_cases_of_sets():
 
 
 COARSE_WITH_LEFT_GROUP = """\
-name: coarse
-levels: [object, part, detail]
+name: mirrors
+levels: [whole, side, limb]
+flip_pairs: [[Left-arm, Right-arm], [Left-leg, Right-leg]]
 classes:
   - {name: Background, ids: 0}
-  - name: Person
-    ids: 10
-    children:
-      - name: Lefts
-        children: [{name: Left-arm, ids: 1}, {name: Left-leg, ids: 3}]
-      - name: Rights
-        children: [{name: Right-arm, ids: 2}, {name: Right-leg, ids: 4}]
-flip_pairs: [[Left-arm, Right-arm], [Left-leg, Right-leg]]
+  - {name: Person, ids: 10, children: [
+      {name: Lefts, children: [{name: Left-arm, ids: 1}, {name: Left-leg, ids: 3}]},
+      {name: Rights, children: [{name: Right-arm, ids: 2}, {name: Right-leg, ids: 4}]}]}
 """
