@@ -17,7 +17,7 @@ import yaml
 from hierparse.data.mixture import check_sources
 from hierparse.losses import COARSE_LABELS, LOSSES, OHEM, check_decode, check_loss_options
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
-from hierparse.predict import DECODE_MODES
+from hierparse.inference import DECODE_MODES, SIDES, SIZE_MODES, Inference
 
 # The no-argument run: the light stacked PSP model on synthetic LIP-like people with hard-pixel mining
 # (README "Train, evaluate, predict" has its time and scores).
@@ -34,7 +34,14 @@ DEFAULTS: dict[str, Any] = {
     "synthetic_val_images": 200,
     "crop_size": 128,                 # training crop (after random scale and flip)
     "train_scale": [0.75, 1.25],      # range of the random rescale before cropping
-    "eval_size": 128,                 # evaluation images are resized to this; null: native size, batch 1
+    "eval_size": 128,                 # evaluation and prediction: the network sees each image with its long side
+                                      # (eval_side) at this size, aspect kept, padded to the stride; predictions are
+                                      # scored at the label's own size; null: native size
+    "eval_mode": "aspect",            # aspect, resize (eval_size x eval_size squares), none (native), or slide
+    "eval_side": "long",              # long or short: the side eval_size sets (aspect, slide)
+    "slide": None,                    # eval_mode slide: {crop, stride} windows, overlapping probabilities averaged
+    "tta": None,                      # test-time augmentation of evaluate and predict: {flip: true, scales: [...]}:
+                                      # mirrored views with left/right classes swapped at every level; null: off
     "workers": 1,                     # DataLoader worker processes per training process
     # model
     "backbone": "light",              # light, resnet18/34/50/101
@@ -89,6 +96,7 @@ DEFAULTS: dict[str, Any] = {
 NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
     "class_weights": list, "amp": str, "threads": int, "ohem": dict, "datasets": list, "teacher": dict,
+    "slide": dict, "tta": dict,
 }
 # Words a key takes besides values of its type.
 WORDS: dict[str, tuple[str, ...]] = {"level_weights": ("fine",)}
@@ -100,6 +108,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "decode": DECODE_MODES,
     "loss": LOSSES,
     "coarse_labels": COARSE_LABELS,
+    "eval_mode": SIZE_MODES,
+    "eval_side": SIDES,
 }
 POSITIVE = ("crop_size", "batch_size", "max_iters", "eval_interval", "log_interval", "lr",
             "synthetic_train_images", "synthetic_val_images", "threads", "output_stride")
@@ -155,6 +165,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"config key 'module_width' must be at least 2, got {config['module_width']!r}")
     if config["eval_size"] is not None and config["eval_size"] < 16:
         raise ValueError(f"config key 'eval_size' must be at least 16 or null, got {config['eval_size']!r}")
+    Inference.from_config(config)  # one-line errors for eval_mode, slide and tta
     return config
 
 

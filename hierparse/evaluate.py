@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.utils.data
 
-from hierparse.data import build_dataset, colorize
+from hierparse.data import build_dataset, colorize, eval_transform
 from hierparse.engine import distributed
 from hierparse.engine.checkpoint import model_from_checkpoint
 from hierparse.engine.io import to_json, write_text, writable_dir
@@ -23,14 +23,17 @@ from hierparse.hierarchy import Hierarchy
 from hierparse.metrics import ParsingMetrics, format_metrics
 from hierparse.models import StackedParser
 from hierparse.losses import check_decode
-from hierparse.predict import DECODE_MODES, predict_batch
+from hierparse.inference import Inference, Predictor
+from hierparse.parser import inference_settings
+from hierparse.predict import add_inference_options, size_overrides, view_overrides
 
 
 def build_eval_dataset(config: dict[str, Any], hierarchy: Hierarchy, split: str) -> torch.utils.data.Dataset:
-    """The evaluation split a training config names (synthetic images are always those of data seed 0)."""
+    """The evaluation split a training config names, images and labels at their own size (synthetic
+    images are those of data seed 0, drawn at ``eval_size``); :class:`Inference` sizes the images."""
     options = {"n": config["synthetic_val_images"]} if config["dataset"] == "synthetic" else {}
-    dataset = build_dataset(config["dataset"], config["root"], split, hierarchy=hierarchy, transform="eval",
-                            size=config["eval_size"], **options)
+    dataset = build_dataset(config["dataset"], config["root"], split, hierarchy=hierarchy,
+                            transform=eval_transform(hierarchy, mode="none"), size=config["eval_size"], **options)
     return require_samples(dataset, config, split)
 
 
@@ -41,14 +44,17 @@ def require_samples(dataset: torch.utils.data.Dataset, config: dict[str, Any], s
     return dataset
 
 
-def eval_loader(dataset: torch.utils.data.Dataset, config: dict[str, Any], device: torch.device) -> torch.utils.data.DataLoader:
-    """This process's shard of ``dataset`` in order (no padding, so every sample counts once overall).
+def collate_lists(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A batch of samples of any sizes: each key's values as a list."""
+    return {key: [sample[key] for sample in samples] for key in samples[0]}
 
-    Images of different sizes (``eval_size: null``) go one at a time.
-    """
+
+def eval_loader(dataset: torch.utils.data.Dataset, config: dict[str, Any], device: torch.device) -> torch.utils.data.DataLoader:
+    """This process's shard of ``dataset`` in order (no padding, so every sample counts once overall),
+    in batches of lists (images may differ in size)."""
     shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=config["batch_size"] if config["eval_size"] else 1, sampler=shard,
+        dataset, batch_size=config["batch_size"], sampler=shard, collate_fn=collate_lists,
         num_workers=config["workers"], pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
     )
@@ -56,17 +62,19 @@ def eval_loader(dataset: torch.utils.data.Dataset, config: dict[str, Any], devic
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, loader: torch.utils.data.DataLoader, hierarchy: Hierarchy,
-                   device: torch.device, decode_mode: str = "independent") -> dict[str, Any]:
-    """``ParsingMetrics.compute()`` of ``model`` (in float32) over the loader's samples on all processes."""
+                   device: torch.device, decode_mode: str = "independent",
+                   inference: Inference | None = None) -> dict[str, Any]:
+    """``ParsingMetrics.compute()`` of ``model`` (in float32) over the loader's samples on all
+    processes, each scored at its label's own size (default :class:`Inference`: aspect-preserving)."""
     parser = model.module if hasattr(model, "module") else model
     was_training = parser.training
     parser.eval()
+    predictor = Predictor(parser, hierarchy, inference or Inference(), decode_mode)
     metrics = ParsingMetrics(hierarchy)
     for batch in loader:
-        labels = batch["label"].to(device, non_blocking=True)
-        preds = predict_batch(parser, batch["image"].to(device, non_blocking=True), hierarchy,
-                              tuple(labels.shape[-2:]), decode_mode)
-        metrics.update(preds if parser.stacked else preds[-1], labels)
+        for maps, label in zip(predictor.maps(batch["image"]), batch["label"]):
+            label = label.to(device, non_blocking=True)[None]
+            metrics.update([m[None] for m in maps] if parser.stacked else maps[-1][None], label)
     metrics.load_state(metrics.state().to(device))  # nccl sums GPU tensors only
     metrics.all_reduce()
     parser.train(was_training)
@@ -75,19 +83,16 @@ def evaluate_model(model: torch.nn.Module, loader: torch.utils.data.DataLoader, 
 
 @torch.no_grad()
 def save_sample_grid(model: StackedParser, dataset: torch.utils.data.Dataset, hierarchy: Hierarchy,
-                     device: torch.device, decode_mode: str, path: str | Path, count: int = 4) -> None:
+                     device: torch.device, decode_mode: str, path: str | Path, count: int = 4,
+                     inference: Inference | None = None) -> None:
     """A PNG grid, one row per sample: image | prediction of every level | ground truth (finest)."""
     was_training = model.training
     model.eval()
-    rows = []
-    for index in range(min(count, len(dataset))):
-        sample = dataset[index]
-        label = sample["label"]
-        preds = predict_batch(model, sample["image"][None].to(device), hierarchy, tuple(label.shape[-2:]),
-                              decode_mode)
-        rows.append([denormalize(sample["image"])]
-                    + [paint(pred[0].cpu(), hierarchy, level) for level, pred in enumerate(preds)]
-                    + [colorize(label.numpy(), hierarchy, -1)])
+    predictor = Predictor(model, hierarchy, inference or Inference(), decode_mode)
+    samples = [dataset[index] for index in range(min(count, len(dataset)))]
+    rows = [[denormalize(sample["image"])] + [paint(level.cpu(), hierarchy, k) for k, level in enumerate(maps)]
+            + [colorize(sample["label"].numpy(), hierarchy, -1)]
+            for sample, maps in zip(samples, predictor.maps([sample["image"] for sample in samples]))]
     model.train(was_training)
     titles = ["image", *(f"{name} (predicted)" for name in hierarchy.level_names), "ground truth"]
     save_panels(rows, titles, path)
@@ -103,13 +108,9 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--data", metavar="ROOT", help="dataset folder (default: the run's own data)")
     p.add_argument("--layout", help="layout of --data: lip, cihp, atr, pascal_person_part, helen, cityscapes, generic")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    p.add_argument("--hierarchy", help="expected hierarchy; a checkpoint trained for another one is an error")
-    p.add_argument("--size", type=int, metavar="N",
-                   help="resize images to NxN (default: the run's eval_size); 0: native size")
-    p.add_argument("--decode", choices=DECODE_MODES, help="decoding (default: the run's)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--json", metavar="FILE", help="also write every score to FILE (NaN as null)")
+    add_inference_options(p)
     p.set_defaults(func=run_evaluate)
 
 
@@ -123,22 +124,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = dict(checkpoint["config"])
     if args.data is not None:
         config.update(dataset=args.layout, root=args.data)
-    if args.size is not None:
-        config["eval_size"] = args.size or None
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
     decode_mode = args.decode or config["decode"]
     check_decode(config.get("loss", "softmax"), decode_mode)
+    sizing = size_overrides(args)
+    views = {"without test-time augmentation": inference_settings(config, False, **sizing)}
+    augmented = inference_settings(config, args.tta or None, **sizing, **view_overrides(args))
+    if len(augmented.views) > 1:
+        views["with test-time augmentation"] = augmented
     dataset = build_eval_dataset(config, hierarchy, args.split)
-    result = evaluate_model(model, eval_loader(dataset, config, device), hierarchy, device, decode_mode)
     where = "synthetic images" if config["dataset"] == "synthetic" else f"{config['dataset']} {config['root']}"
     print(f"checkpoint {args.checkpoint} (iteration {checkpoint['iteration']}) on {where}, split {args.split!r}, "
-          f"{len(dataset)} images, decode {decode_mode}\n")
-    print(format_metrics(result))
+          f"{len(dataset)} images, decode {decode_mode}")
+    results = {}
+    for title, inference in views.items():
+        results[title] = evaluate_model(model, eval_loader(dataset, config, device), hierarchy, device, decode_mode,
+                                        inference)
+        print(f"\n{title} ({describe(inference)}):\n")
+        print(format_metrics(results[title]))
     if args.json is not None:
         report = {"checkpoint": str(args.checkpoint), "iteration": checkpoint["iteration"],
                   "hierarchy": hierarchy.name, "dataset": config["dataset"], "root": config["root"],
-                  "split": args.split, "images": len(dataset), "decode": decode_mode, "metrics": result}
+                  "split": args.split, "images": len(dataset), "decode": decode_mode,
+                  "metrics": results[next(iter(views))]}
+        if len(views) > 1:
+            report["tta"] = {"flip": views[title].flip, "scales": list(views[title].scales)}
+            report["metrics_tta"] = results[title]
         write_text(args.json, to_json(report, indent=2) + "\n")
     return 0
 
+
+def describe(inference: Inference) -> str:
+    """A few words on how images were sized and augmented."""
+    size = f"{inference.side} side {inference.size}" if inference.size else "native size"
+    if inference.mode == "resize":
+        size = f"squashed to {inference.size}x{inference.size}"
+    elif inference.mode == "slide":
+        size += f", {inference.crop}-pixel windows every {inference.stride}"
+    views = f"{len(inference.views)} views (scales {', '.join(map(str, inference.scales))}" + (
+        ", flipped" if inference.flip else "") + ")"
+    return f"{size}; {views}" if len(inference.views) > 1 else size

@@ -94,6 +94,14 @@ def mirror_image(node: ClassNode, nodes: Sequence[ClassNode], flip_pairs: Sequen
     return candidates[0] if candidates else None
 
 
+def level_mirrors(classes: Sequence[ClassNode], flip_pairs: Sequence[tuple[str, str]]) -> list[int | None]:
+    """For each class of one level, the index of the class of that level covering its leaves with the
+    flip pairs swapped (itself when symmetric), or None where no class of the level does."""
+    swap = {name: other for pair in flip_pairs for name, other in (pair, pair[::-1])}
+    position = {frozenset(leaf.name for leaf in node.leaves()): index for index, node in enumerate(classes)}
+    return [position.get(frozenset(swap.get(leaf.name, leaf.name) for leaf in node.leaves())) for node in classes]
+
+
 def voc_palette(index: int) -> tuple[int, int, int]:
     """The PASCAL VOC colour of ``index``: a fixed, distinguishable default palette."""
     rgb = [0, 0, 0]
@@ -325,6 +333,11 @@ class Hierarchy:
             perm[raw] = union_ids[tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
                                                 for node in nodes if node.name in union}))]
         return perm
+
+    def class_flip(self, level: int) -> torch.Tensor:
+        """int64 ``[C_level]``: the class of ``level`` each class becomes when the image is mirrored
+        (the swap of leaves that ``flip_pairs`` declares, induced on their ancestors)."""
+        return torch.tensor(level_mirrors(self._level_nodes[self._level(level)], self.flip_pairs), dtype=torch.int64)
 
     def fine_to_raw(self) -> torch.Tensor:
         """uint8 ``[num_fine_classes]``: the first raw id of each finest-level class."""
@@ -586,8 +599,16 @@ class _Validator:
 
 
     def check_mirrored_groups(self, roots: list[ClassNode], flip_pairs: list[tuple[str, str]]) -> None:
-        """A group with raw ids must have a mirror image (a node whose leaves are its leaves with the
-        flip pairs swapped, with as many ids), so that mirroring can relabel its pixels."""
+        """Every class of every level must have a mirror image in that level (so that a flipped
+        prediction can be swapped back), and a group with raw ids one with as many ids (so that
+        mirroring can relabel its pixels)."""
+        depth = max((node.depth for root in roots for node in root.walk()), default=0)
+        for level in range(depth + 1):
+            classes = classes_at_level(roots, level)
+            for node, mirror in zip(classes, level_mirrors(classes, flip_pairs)):
+                if mirror is None:
+                    self.problem(node.where, "mirroring swaps part of this class's leaves with leaves of other "
+                                 "classes (flip_pairs must pair leaves whose ancestors are mirror images at every level)")
         nodes = [node for root in roots for node in root.walk()]
         for node in nodes:
             if not (node.ids and node.children):

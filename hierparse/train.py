@@ -42,6 +42,7 @@ from hierparse.engine.visualize import plot_curves
 from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
                                 save_sample_grid)
 from hierparse.hierarchy import load_hierarchy
+from hierparse.inference import Inference
 from hierparse.losses import OHEM, HierarchicalLoss
 from hierparse.metrics import format_metrics
 
@@ -186,6 +187,7 @@ class Trainer:
             generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
         )
         self.val_loader = eval_loader(self.val_set, config, self.device)
+        self.inference = Inference.from_config(config, tta=False)  # periodic evaluation without test-time views
         self.log.open_events(self.iteration, resumed=checkpoint is not None)
         if checkpoint is not None:  # last, so that nothing above shifts the restored random streams
             restore_rng(checkpoint["rng"][self.rank % len(checkpoint["rng"])])
@@ -334,7 +336,7 @@ class Trainer:
                 torch.distributed.broadcast(buffer, src=0)
         # the plain model: a compiled one would recompile for evaluation (eval mode, other batch sizes)
         self.result = result = evaluate_model(self.model, self.val_loader, self.hierarchy, self.device,
-                                              self.config["decode"])
+                                              self.config["decode"], self.inference)
         fine_miou = result["levels"][-1]["miou"]
         improved = not math.isnan(fine_miou) and fine_miou > self.best_miou
         if improved:
@@ -356,7 +358,7 @@ class Trainer:
             save_torch(checkpoint, self.out / "best.pt")
         plot_curves(self.log.history, self.hierarchy.level_names, self.out)
         save_sample_grid(self.model, self.val_set, self.hierarchy, self.device, self.config["decode"],
-                         self.out / "samples.png")
+                         self.out / "samples.png", inference=self.inference)
 
     @property
     def history(self) -> list[dict[str, Any]]:

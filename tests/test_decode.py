@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from hierparse import load_hierarchy
 from hierparse.hierarchy import builtin_names
-from hierparse.predict import decode
+from hierparse.inference import decode
 
 HIERARCHIES = {name: load_hierarchy(name) for name in builtin_names()}
 

@@ -100,7 +100,7 @@ def test_decoding_that_does_not_fit_the_loss_is_one_line_exit_2(checkpoint, tree
 def test_predict_writes_levels_raw_ids_and_figure(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(out),
-                 "--decode", "consistent"]) == 0
+                 "--decode", "consistent", "--figure"]) == 0
     hierarchy = load_hierarchy("lip")
     fine_raw_ids = set(hierarchy.fine_to_raw().tolist())
     for path in images:
@@ -108,10 +108,11 @@ def test_predict_writes_levels_raw_ids_and_figure(checkpoint, images, tmp_path, 
         parent_of = [np.array(hierarchy.parents(level)) for level in range(1, 3)]
         levels = []
         for level, name in enumerate(hierarchy.level_names):
-            picture = np.array(Image.open(out / f"{path.stem}_{name}.png"))
-            assert picture.shape == source.shape
-            palette = {tuple(colour): index for index, colour in enumerate(hierarchy.colors(level))}
-            levels.append(np.vectorize(lambda *rgb: palette[rgb])(*picture.transpose(2, 0, 1)))
+            picture = Image.open(out / f"{path.stem}_{name}.png")
+            assert picture.mode == "P" and picture.size == (source.shape[1], source.shape[0])
+            assert picture.getpalette()[:3 * hierarchy.num_classes[level]] == [
+                channel for colour in hierarchy.colors(level) for channel in colour]
+            levels.append(np.array(picture))
         raw = Image.open(out / f"{path.stem}_raw.png")
         assert raw.mode == "L" and raw.size == (source.shape[1], source.shape[0])
         assert set(np.unique(np.array(raw)).tolist()) <= fine_raw_ids
@@ -121,7 +122,7 @@ def test_predict_writes_levels_raw_ids_and_figure(checkpoint, images, tmp_path, 
         figure = Image.open(out / f"{path.stem}_figure.png")
         assert figure.size[0] > 3 * figure.size[1]  # image | person | region | part
     assert not list(out.glob("*.tmp"))
-    assert f"wrote {2 * 5} files" in capsys.readouterr().out
+    assert f"parsed 2 images into {out}" in capsys.readouterr().out
 
 
 def write_other_hierarchy(tmp_path):
@@ -145,9 +146,8 @@ def write_other_hierarchy(tmp_path):
     (["evaluate", "--checkpoint", "{checkpoint}", "--json", "{file}/scores.json"], "exists and is not a folder"),
     (["predict", "--checkpoint", "{missing}", "{image}", "--out", "{out}"], "does not exist"),
     (["predict", "--checkpoint", "{checkpoint}", "{image}", "{tmp}/nothing.png", "--out", "{out}"],
-     "missing image file"),
+     "no image, folder or pattern"),
     (["predict", "--checkpoint", "{checkpoint}", "{garbage}", "--out", "{out}"], "cannot read image file"),
-    (["predict", "--checkpoint", "{checkpoint}", "{image}", "{image}", "--out", "{out}"], "several images"),
     (["predict", "--checkpoint", "{checkpoint}", "{image}", "--out", "{file}/out"], "is not writable"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, images, tmp_path, capsys, command, message):
@@ -176,3 +176,31 @@ def test_cli_subprocess_one_line_without_traceback(tmp_path):
     assert result.stderr == f"hierparse: error: checkpoint {tmp_path / 'x.pt'} does not exist\n"
     assert not (tmp_path / "out").exists()
 
+
+
+def write_lip_folder(root, sizes):
+    """A LIP-layout val split (ce2p variant) of synthetic people of the given sizes, labels as L PNGs."""
+    for folder in ("val_images", "val_labels"):
+        (root / folder).mkdir(parents=True)
+    for index, size in enumerate(sizes):
+        sample = SyntheticParsing(n=index + 1, size=size, split="val")[index]
+        Image.fromarray(sample["image"]).convert("L").save(root / "val_images" / f"p{index}.jpg")
+        Image.fromarray(sample["label"]).save(root / "val_labels" / f"p{index}.png")
+
+
+def test_evaluate_scores_every_image_at_its_labels_own_size_with_and_without_tta(checkpoint, tmp_path, capsys):
+    sizes = [(40, 56), (64, 36), (33, 47)]
+    write_lip_folder(tmp_path / "lip", sizes)
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "lip"), "--layout", "lip",
+                 "--tta", "--json", str(report)]) == 0
+    output = capsys.readouterr().out
+    assert "without test-time augmentation (long side 32)" in output
+    assert "with test-time augmentation (long side 32; 6 views (scales 0.75, 1.0, 1.25, flipped))" in output
+    data = json.loads(report.read_text(), parse_constant=no_nan)
+    labelled = sum(h * w for h, w in sizes)  # every label pixel, none resized away
+    for metrics in (data["metrics"], data["metrics_tta"]):
+        assert [entry["pixels"] for entry in metrics["levels"]] == [labelled] * 3
+    assert data["tta"] == {"flip": True, "scales": [0.75, 1.0, 1.25]}
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--mode", "slide", "--crop", "8", "--stride", "16"]) == 2
+    assert "slide stride 16 exceeds crop 8" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch.utils.data
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hierparse.data.layouts import get_layout
 from hierparse.hierarchy import Hierarchy, load_hierarchy
@@ -41,9 +41,36 @@ def _open(path: Path, what: str) -> Image.Image:
     return image
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as uint8 ``HxWx3`` RGB."""
-    return np.array(_open(Path(path), "image").convert("RGB"))
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, source: str | Path = "image") -> np.ndarray:
+    """uint8 ``HxWx3`` RGB of any PIL image: gray, palette and CMYK converted; alpha dropped (the colour
+    channels as stored, not composited); 16-bit gray scaled to 8 bits (``/257``, not clipped)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{source}: 32-bit integer image with values outside 0..65535 "
+                             f"(min {values.min()}, max {values.max()})")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError(f"{source}: 32-bit float images are not supported; save it as 8- or 16-bit")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # a palette with a transparent entry: its colour, alpha dropped
+    return np.array(image.convert("RGB"))
+
+
+def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
+    """An image file as uint8 ``HxWx3`` RGB (see :func:`to_rgb`).
+
+    ``orient``: apply the EXIF orientation, as a photo viewer shows it (prediction). Datasets read
+    images as stored, because their label maps are aligned with the stored pixels.
+    """
+    image = _open(Path(path), "image")
+    if orient:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image, path)
 
 
 def read_label(path: str | Path) -> np.ndarray:
