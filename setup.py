@@ -59,9 +59,11 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        # onnx: the ONNX export test; cityscapesscripts: the official Cityscapes evaluation that
-        # the metrics are checked against.
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "cityscapesscripts"],
+        # export: hierparse export --format onnx (onnxscript: the dynamo exporter; onnxruntime: its
+        # parity check and examples/onnx_parse.py). cityscapesscripts: the official Cityscapes
+        # evaluation that the metrics are checked against.
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime", "cityscapesscripts"],
     },
     entry_points={"console_scripts": ["hierparse = hierparse.cli:main"]},
     ext_modules=[extension()],

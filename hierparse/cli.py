@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from hierparse.engine.command import print_problems, run_command
 from hierparse.evaluate import add_evaluate
+from hierparse.export import add_export
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 from hierparse.models.stacked import DEFAULT_MODULE_WIDTH
 from hierparse.predict import add_predict
@@ -198,7 +199,8 @@ def run_build_model(args) -> int:
 
 
 # ---------------------------------------------------------------------- entry point
-PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_train, add_evaluate, add_predict]
+PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_train, add_evaluate, add_predict,
+                                   add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

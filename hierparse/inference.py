@@ -115,6 +115,12 @@ def finish_average(total: torch.Tensor, views: int, mode: str) -> torch.Tensor:
     return total / views if mode == "tree" else total - math.log(views)
 
 
+def first_max(scores: torch.Tensor) -> torch.Tensor:
+    """The class of the highest score per pixel (the first on ties), as ``argmax(dim=1)``: ``max``'s
+    indices, about 3x faster than ``argmax`` over the channels of an NCHW map on the CPU."""
+    return scores.max(dim=1).indices
+
+
 def fine_ancestors(hierarchy: Hierarchy) -> list[torch.Tensor]:
     """int64 per level: for each finest class, the index of the class containing it at that level."""
     chain = [torch.arange(hierarchy.num_classes[-1])]
@@ -150,12 +156,12 @@ def decode_scores(scores: Sequence[torch.Tensor], hierarchy: Hierarchy, mode: st
     scores = list(scores)
     flat = len(scores) == 1 and hierarchy.num_levels > 1
     if mode == "independent" and not flat:
-        return [level_scores.argmax(dim=1) for level_scores in scores]
+        return [first_max(level_scores) for level_scores in scores]
     chain = [index.to(scores[0].device) for index in fine_ancestors(hierarchy)]
     if flat:
-        fine = scores[0].argmax(dim=1)
+        fine = first_max(scores[0])
     else:
-        fine = sum(level_scores.index_select(1, index) for level_scores, index in zip(scores, chain)).argmax(dim=1)
+        fine = first_max(sum(level_scores.index_select(1, index) for level_scores, index in zip(scores, chain)))
     return [index[fine] for index in chain]
 
 

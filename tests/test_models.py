@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -360,22 +358,3 @@ def test_torch_export_matches_eager():
     exported = torch.export.export(model, (images,))
     for got, expected in zip(exported.module()(images), model(images)):
         torch.testing.assert_close(got, expected)
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
-@pytest.mark.parametrize("head,side", [("fcn", 64), ("psp", 96)])
-def test_onnx_export_matches_eager(head, side):
-    onnx = pytest.importorskip("onnx")
-    from onnx.reference import ReferenceEvaluator
-
-    model = build_model("helen", "light", head).eval()
-    images = torch.randn(1, 3, side, side)
-    buffer = io.BytesIO()
-    # the TorchScript exporter: the dynamo one needs onnxscript, which is not installed here.
-    # PSP's adaptive pooling exports only where the deep features divide into 1/2/3/6 bins.
-    torch.onnx.export(model, (images,), buffer, dynamo=False, opset_version=17)
-    graph = onnx.load_from_string(buffer.getvalue())
-    onnx.checker.check_model(graph)
-    outputs = ReferenceEvaluator(graph).run(None, {graph.graph.input[0].name: images.numpy()})
-    for got, expected in zip(outputs, model(images)):
-        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)

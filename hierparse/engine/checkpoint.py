@@ -116,6 +116,9 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu",
     ``hierarchy``: the one the caller expects; a checkpoint trained for another is an error.
     """
     checkpoint = load_checkpoint(path)
+    missing = [key for key in ("model", "model_config", "hierarchy_yaml", "config") if key not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint {path} holds no {missing[0]!r} (a hierparse checkpoint without a model)")
     stored = checkpoint_hierarchy(checkpoint, path, hierarchy)
     model = build_from_config(stored, checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
