@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "root": None,                     # dataset folder (layouts on disk)
     "train_split": "train",
     "val_split": "val",
+    "map": None,                      # label map reading dataset/root with another tree's raw ids, e.g. atr_to_lip
     "datasets": None,                 # training sources mixed by weight instead of dataset/root/train_split: a list
                                       # of {dataset, root, split, weight, coarsen, n, first} (hierparse.data.mixture)
     "synthetic_train_images": 20000,  # distinct synthetic training images (sample i is fixed by seed, split, i)
@@ -96,7 +97,7 @@ DEFAULTS: dict[str, Any] = {
 NULLABLE: dict[str, type] = {
     "root": str, "eval_size": int, "skips": list, "pretrained": str, "level_weights": list,
     "class_weights": list, "amp": str, "threads": int, "ohem": dict, "datasets": list, "teacher": dict,
-    "slide": dict, "tta": dict,
+    "slide": dict, "tta": dict, "map": str,
 }
 # Words a key takes besides values of its type.
 WORDS: dict[str, tuple[str, ...]] = {"level_weights": ("fine",)}

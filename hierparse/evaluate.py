@@ -33,8 +33,18 @@ def build_eval_dataset(config: dict[str, Any], hierarchy: Hierarchy, split: str)
     images are those of data seed 0, drawn at ``eval_size``); :class:`Inference` sizes the images."""
     options = {"n": config["synthetic_val_images"]} if config["dataset"] == "synthetic" else {}
     dataset = build_dataset(config["dataset"], config["root"], split, hierarchy=hierarchy,
-                            transform=eval_transform(hierarchy, mode="none"), size=config["eval_size"], **options)
+                            transform=eval_transform(hierarchy, mode="none"), size=config["eval_size"], **options,
+                            **map_option(config))
     return require_samples(dataset, config, split)
+
+
+def map_option(config: dict[str, Any]) -> dict[str, Any]:
+    """``label_map=`` for :func:`build_dataset` from the config's ``map`` (on-disk layouts only)."""
+    if config.get("map") is None:
+        return {}
+    if config["dataset"] == "synthetic":
+        raise ValueError("config key 'map' reads an on-disk dataset with another tree; synthetic images have none")
+    return {"label_map": config["map"]}
 
 
 def require_samples(dataset: torch.utils.data.Dataset, config: dict[str, Any], split: str) -> torch.utils.data.Dataset:
@@ -108,6 +118,7 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--data", metavar="ROOT", help="dataset folder (default: the run's own data)")
     p.add_argument("--layout", help="layout of --data: lip, cihp, atr, pascal_person_part, helen, cityscapes, generic")
     p.add_argument("--split", default="val", help="split to score (default val)")
+    p.add_argument("--map", help="label map reading --data with another tree's raw ids (e.g. atr_to_lip)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
     p.add_argument("--json", metavar="FILE", help="also write every score to FILE (NaN as null)")
     add_inference_options(p)
@@ -123,7 +134,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, hierarchy, checkpoint = model_from_checkpoint(args.checkpoint, device, args.hierarchy)
     config = dict(checkpoint["config"])
     if args.data is not None:
-        config.update(dataset=args.layout, root=args.data)
+        config.update(dataset=args.layout, root=args.data, map=args.map)
+    elif args.map is not None:
+        raise ValueError("--map reads a dataset given with --data and --layout")
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
     decode_mode = args.decode or config["decode"]
@@ -135,6 +148,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         views["with test-time augmentation"] = augmented
     dataset = build_eval_dataset(config, hierarchy, args.split)
     where = "synthetic images" if config["dataset"] == "synthetic" else f"{config['dataset']} {config['root']}"
+    if getattr(dataset, "label_map", None) is not None:
+        where += f" read through {dataset.label_map.describe()}"
+        hierarchy = dataset.hierarchy  # with raw ids for the map's unions
     print(f"checkpoint {args.checkpoint} (iteration {checkpoint['iteration']}) on {where}, split {args.split!r}, "
           f"{len(dataset)} images, decode {decode_mode}")
     results = {}

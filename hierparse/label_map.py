@@ -127,3 +127,34 @@ def hierarchy_for_maps(target: Hierarchy, maps: list[LabelMap]) -> tuple[Hierarc
             raise ValueError(f"{label_map.describe()}, but the run's hierarchy is {target.name!r}")
     return target.with_unions([union for label_map in maps for union in label_map.unions])
 
+
+def id_names(hierarchy: Hierarchy) -> dict[int, str]:
+    """Raw id -> the class it labels, names compared loosely (case, spaces, '-' and '_' ignored)."""
+    return {raw: node.name.lower().replace("-", "").replace("_", "").replace(" ", "")
+            for root in hierarchy.roots for node in root.walk() for raw in node.ids}
+
+
+def builtin_map(source: Hierarchy, target: Hierarchy) -> str | None:
+    """The name of a built-in map from ``source``'s raw ids to ``target``, if one exists."""
+    for path in sorted(MAPS_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if data.get("source") == source.name and data.get("target") == target.name:
+            return path.stem
+    return None
+
+
+def require_same_ids(files: Hierarchy, reader: Hierarchy, what: str) -> None:
+    """A one-line ValueError unless ``reader`` reads every raw id as ``files``' own tree does (LIP's
+    4 is sunglasses, ATR's 4 upper-clothes: such a dataset is read only through a label map)."""
+    own, other = id_names(files), id_names(reader)
+    differing = sorted(raw for raw in set(own) | set(other) if own.get(raw) != other.get(raw))
+    if not differing:
+        return
+    raw = differing[0]
+    named = {i: node.name for root in files.roots for node in root.walk() for i in node.ids}
+    theirs = {i: node.name for root in reader.roots for node in root.walk() for i in node.ids}
+    suggestion = builtin_map(files, reader)
+    fix = f"map: {suggestion}" if suggestion else f"a label map from {files.name!r} to {reader.name!r} (hierarchies/maps/)"
+    raise ValueError(f"{what} labels its files with the raw ids of hierarchy {files.name!r} (raw id {raw} is "
+                     f"{named.get(raw, 'undeclared')!r} there, {theirs.get(raw, 'undeclared')!r} in {reader.name!r}); "
+                     f"read it through {fix}")

@@ -39,7 +39,7 @@ from hierparse.engine.run_log import RunLog
 from hierparse.engine.sampling import EpochSampler, SeededSamples
 from hierparse.engine.teacher import SetTeacher
 from hierparse.engine.visualize import plot_curves
-from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, require_samples,
+from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, map_option, require_samples,
                                 save_sample_grid)
 from hierparse.hierarchy import load_hierarchy
 from hierparse.inference import Inference
@@ -161,7 +161,7 @@ class Trainer:
         self.log = RunLog(self.out, self.main, config["max_iters"])
         self.hierarchy = load_hierarchy(config["hierarchy"])
         # the training labels' tree: the hierarchy, with raw ids for the unions of the sources' label maps
-        self.label_tree = label_hierarchy(config["datasets"], self.hierarchy)
+        self.label_tree = label_hierarchy(config["datasets"], self.hierarchy, config["map"])
         self.train_set, self.val_set = self._datasets()
         checkpoint = self._checkpoint_to_resume()
 
@@ -201,7 +201,7 @@ class Trainer:
             return (build_mixture(config["datasets"], self.hierarchy, augment, config["crop_size"], config["train_split"]),
                     build_eval_dataset(config, self.hierarchy, config["val_split"]))
         train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
-                                  transform=augment, size=config["crop_size"], **options)
+                                  transform=augment, size=config["crop_size"], **options, **map_option(config))
         return (require_samples(train_set, config, config["train_split"]),
                 build_eval_dataset(config, self.hierarchy, config["val_split"]))
 
@@ -305,6 +305,8 @@ class Trainer:
             f"{self.device}, {torch.get_num_threads()} threads, {self.amp or 'float32'}"
             f"{', channels_last' if config['channels_last'] else ''}{', compiled' if config['compile'] else ''}; "
             f"run directory {self.out}")
+        if config["map"] is not None:
+            self.log.print(f"reading {config['root']} through {self.train_set.label_map.describe()}")
         for label_map in source_maps(config["datasets"]):
             self.log.print(f"reading {label_map.describe()}")
         self.log.start_progress(self.iteration)
@@ -335,7 +337,7 @@ class Trainer:
             for buffer in self.model.buffers():  # as DDP's next forward would and the checkpoint holds
                 torch.distributed.broadcast(buffer, src=0)
         # the plain model: a compiled one would recompile for evaluation (eval mode, other batch sizes)
-        self.result = result = evaluate_model(self.model, self.val_loader, self.hierarchy, self.device,
+        self.result = result = evaluate_model(self.model, self.val_loader, self.label_tree, self.device,
                                               self.config["decode"], self.inference)
         fine_miou = result["levels"][-1]["miou"]
         improved = not math.isnan(fine_miou) and fine_miou > self.best_miou
@@ -357,7 +359,7 @@ class Trainer:
         if improved:
             save_torch(checkpoint, self.out / "best.pt")
         plot_curves(self.log.history, self.hierarchy.level_names, self.out)
-        save_sample_grid(self.model, self.val_set, self.hierarchy, self.device, self.config["decode"],
+        save_sample_grid(self.model, self.val_set, self.label_tree, self.device, self.config["decode"],
                          self.out / "samples.png", inference=self.inference)
 
     @property

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hierparse import load_hierarchy
 from hierparse.data import ParsingDataset, build_dataset, read_label
 
 H, W = 12, 16
@@ -305,11 +306,33 @@ def test_unreadable_file_is_named(tmp_path, which):
         dataset[1]
 
 
-def test_colour_label_is_rejected_with_its_name(tmp_path):
+@pytest.mark.parametrize("layout, mode", [("lip", "RGB"), ("pascal_person_part", "RGBA")])
+def test_colour_rendered_labels_are_read_through_the_trees_colours_within_a_tolerance(tmp_path, layout, mode):
+    """Renderings as some copies of Pascal-Person-Part ship them: class colours a few levels off, RGBA."""
+    hierarchy = load_hierarchy(layout)
+    fine = hierarchy.num_levels - 1
+    rng = np.random.default_rng(0)
+    raw = rng.choice(hierarchy.fine_to_raw().numpy(), size=(H, W)).astype(np.uint8)
+    palette = np.asarray(hierarchy.colors(fine), np.int16)
+    rendered = palette[hierarchy.label_table()[fine].numpy()[raw]] + rng.integers(-8, 9, size=(H, W, 3))
+    rendered = np.clip(rendered, 0, 255).astype(np.uint8)
+    if mode == "RGBA":
+        rendered = np.dstack([rendered, np.full((H, W), 255, np.uint8)])
+    path = tmp_path / "render.png"
+    Image.fromarray(rendered).save(path)
+    assert np.array_equal(read_label(path, hierarchy), raw)
+    with pytest.raises(ValueError, match=f"label file {path} has mode '{mode}'"):
+        read_label(path)  # without a tree to read the colours with
+
+
+def test_a_colour_far_from_every_class_is_a_one_line_error_naming_the_file(tmp_path):
     schp_tree(tmp_path)
     path = tmp_path / "train_segmentations" / "b.png"
-    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(path)
-    with pytest.raises(ValueError, match=f"label file {path} has mode 'RGB'"):
+    rendered = np.zeros((H, W, 3), np.uint8)
+    rendered[2, 3] = (40, 200, 90)
+    Image.fromarray(rendered).save(path)
+    with pytest.raises(ValueError, match=rf"label file {path}: colour \(40, 200, 90\) at x=3, y=2 is more than 8 "
+                                         "levels from every class colour of hierarchy 'lip'"):
         ParsingDataset(tmp_path, "lip", "train")[0]
 
 

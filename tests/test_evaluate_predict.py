@@ -12,6 +12,7 @@ from PIL import Image
 from hierparse import load_hierarchy
 from hierparse.cli import main
 from hierparse.data import SyntheticParsing
+from hierparse.label_map import load_label_map
 
 TINY = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "8",
         "synthetic_val_images", "3", "max_iters", "3", "eval_interval", "3", "workers", "0", "threads", "1"]
@@ -204,3 +205,54 @@ def test_evaluate_scores_every_image_at_its_labels_own_size_with_and_without_tta
     assert data["tta"] == {"flip": True, "scales": [0.75, 1.0, 1.25]}
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--mode", "slide", "--crop", "8", "--stride", "16"]) == 2
     assert "slide stride 16 exceeds crop 8" in capsys.readouterr().err
+
+
+def write_schp_folder(root, split, labels_of):
+    """A SCHP-layout split ({split}_images, {split}_segmentations, {split}_id.txt) of synthetic people,
+    labels through ``labels_of`` (raw ids of the dataset's own tree)."""
+    for folder in (f"{split}_images", f"{split}_segmentations"):
+        (root / folder).mkdir(parents=True)
+    stems = []
+    for index, size in enumerate([(40, 48), (36, 52)]):
+        sample = SyntheticParsing(n=index + 1, size=size, split="val")[index]
+        Image.fromarray(sample["image"]).save(root / f"{split}_images" / f"im{index}.jpg")
+        Image.fromarray(labels_of(sample["label"])).save(root / f"{split}_segmentations" / f"im{index}.png")
+        stems.append(f"im{index}")
+    (root / f"{split}_id.txt").write_text("\n".join(stems) + "\n")
+
+
+@pytest.mark.parametrize("layout, labels_of, message", [
+    ("atr", lambda label: label % 18,
+     "layout 'atr' labels its files with the raw ids of hierarchy 'atr' (raw id 3 is 'Sunglasses' there, "
+     "'Glove' in 'lip'); read it through map: atr_to_lip"),
+    ("cihp", lambda label: label,
+     "layout 'cihp' labels its files with the raw ids of hierarchy 'cihp' (raw id 10 is 'Torso-skin' there, "
+     "'Jumpsuits' in 'lip'); read it through map: cihp_to_lip"),
+])
+def test_another_datasets_ids_are_read_only_through_a_label_map(checkpoint, tmp_path, capsys, layout, labels_of,
+                                                                 message):
+    write_schp_folder(tmp_path / layout, "val", labels_of)
+    command = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / layout), "--layout", layout]
+    assert main(command) == 2
+    assert capsys.readouterr().err.strip() == f"hierparse: error: {message}"
+    report = tmp_path / "scores.json"
+    assert main([*command, "--map", f"{layout}_to_lip", "--json", str(report)]) == 0
+    assert f"read through label map {layout}_to_lip" in capsys.readouterr().out
+    metrics = json.loads(report.read_text(), parse_constant=no_nan)["metrics"]
+    ignored = [raw for raw, entry in load_label_map(f"{layout}_to_lip").entries.items() if entry is None]
+    labels = [np.array(Image.open(path)) for path in sorted((tmp_path / layout / "val_segmentations").iterdir())]
+    assert metrics["levels"][0]["pixels"] == sum(int((~np.isin(label, ignored)).sum()) for label in labels)
+
+
+def test_training_reads_a_foreign_layout_through_the_config_map(tmp_path, capsys):
+    root = tmp_path / "atr"
+    for split in ("train", "val"):
+        write_schp_folder(root / split, split, lambda label: label % 18)
+        for item in (root / split).iterdir():
+            item.rename(root / item.name)
+    base = ["train", *TINY, "dataset", "atr", "root", str(root), "out", str(tmp_path / "run"), "max_iters", "1",
+            "eval_interval", "1"]
+    assert main(base) == 2
+    assert "read it through map: atr_to_lip" in capsys.readouterr().err
+    assert main([*base, "map", "atr_to_lip"]) == 0
+    assert f"reading {root} through label map atr_to_lip" in capsys.readouterr().out

@@ -9,6 +9,7 @@ loss op maps raw ids to every level by table lookup.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hierparse.data.layouts import get_layout
 from hierparse.hierarchy import Hierarchy, load_hierarchy
+from hierparse.label_map import LabelMap, hierarchy_for_maps, load_label_map, require_same_ids
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -73,12 +75,49 @@ def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
     return to_rgb(image, path)
 
 
-def read_label(path: str | Path) -> np.ndarray:
-    """A single-channel label PNG as uint8 ``HxW`` raw ids (palette PNGs give their indices)."""
+COLOUR_TOLERANCE = 8  # levels per channel a colour-rendered label may be off from its class's colour
+
+
+def raw_id_colours(hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 ``[K, 3]`` colours, uint8 ``[K]`` raw ids): each raw id's class colour (a leaf's at the
+    finest level, a group's at its own level), as :func:`hierparse.data.colorize` paints them; leaves
+    first, so that a leaf wins where a group has the same colour."""
+    colours, ids = [], []
+    for level in reversed(range(hierarchy.num_levels)):
+        for node, colour in zip(hierarchy.nodes(level), hierarchy.colors(level)):
+            if node.ids and (node.depth == level if node.children else level == hierarchy.num_levels - 1):
+                colours += [colour] * len(node.ids)
+                ids += node.ids
+    return np.asarray(colours, np.int32).reshape(-1, 3), np.asarray(ids, np.uint8)
+
+
+def ids_from_colours(rgb: np.ndarray, hierarchy: Hierarchy, path: Path, tolerance: int = COLOUR_TOLERANCE) -> np.ndarray:
+    """uint8 raw ids of a colour rendering: each pixel's nearest class colour, at most ``tolerance``
+    levels off in every channel; a colour farther from every class is a one-line error naming the file."""
+    colours, ids = raw_id_colours(hierarchy)
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    unique, inverse = np.unique(packed, return_inverse=True)
+    seen = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1)
+    distance = np.abs(seen[:, None, :] - colours[None]).max(axis=2)  # [U, K]
+    nearest = distance.argmin(axis=1)
+    far = distance[np.arange(len(unique)), nearest] > tolerance
+    if far.any():
+        colour = seen[far.argmax()].tolist()
+        y, x = np.unravel_index(int(np.flatnonzero(packed.ravel() == unique[far.argmax()])[0]), packed.shape)
+        raise ValueError(f"label file {path}: colour {tuple(colour)} at x={x}, y={y} is more than {tolerance} "
+                         f"levels from every class colour of hierarchy {hierarchy.name!r}")
+    return ids[nearest][inverse.reshape(packed.shape)]
+
+
+def read_label(path: str | Path, hierarchy: Hierarchy | None = None) -> np.ndarray:
+    """A label PNG as uint8 ``HxW`` raw ids: single-channel (palette PNGs give their indices), or a
+    colour rendering (RGB, RGBA) read through ``hierarchy``'s colours (:func:`ids_from_colours`)."""
     path = Path(path)
     image = _open(path, "label")
     if image.mode in ("L", "P"):
         return np.array(image)
+    if image.mode in ("RGB", "RGBA") and hierarchy is not None:
+        return ids_from_colours(np.asarray(image.convert("RGB")), hierarchy, path)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 255:
@@ -88,7 +127,7 @@ def read_label(path: str | Path) -> np.ndarray:
         return values.astype(np.uint8)
     raise ValueError(
         f"label file {path} has mode {image.mode!r}; expected a single-channel map of raw ids "
-        "(mode L or P), not a colour rendering"
+        "(mode L or P), or an RGB rendering in the hierarchy's colours"
     )
 
 
@@ -144,6 +183,11 @@ class ParsingDataset(torch.utils.data.Dataset):
     it. ``hierarchy`` defaults to the layout's own; label values it does not declare raise, or
     become ``ignore_index`` with ``undeclared="ignore"``. ``list_file`` reads ``image label`` lines
     instead of the folders.
+
+    A layout with a tree of its own is read with another tree only if both give every raw id the
+    same class, or through ``label_map`` (a :class:`hierparse.label_map.LabelMap` or its name, e.g.
+    ``atr_to_lip``): its files are checked against the map's source tree and their ids relabelled to
+    the target's; ``self.hierarchy`` is then the target with raw ids for the map's unions.
     """
 
     def __init__(
@@ -157,19 +201,33 @@ class ParsingDataset(torch.utils.data.Dataset):
         variant: str = "auto",
         list_file: str | Path | None = None,
         undeclared: str = "error",
+        label_map: LabelMap | str | Path | None = None,
     ):
         self.layout = get_layout(layout)
-        if hierarchy is None:
-            if self.layout.hierarchy is None:
-                raise ValueError(f"layout {layout!r} has no hierarchy of its own; pass hierarchy=")
-            hierarchy = self.layout.hierarchy
-        self.hierarchy = as_hierarchy(hierarchy)
+        own = as_hierarchy(self.layout.hierarchy) if self.layout.hierarchy is not None else None
+        if hierarchy is None and own is None and label_map is None:
+            raise ValueError(f"layout {layout!r} has no hierarchy of its own; pass hierarchy=")
+        self.relabel, self.label_map = None, None
+        if label_map is not None:
+            self.label_map = label_map if isinstance(label_map, LabelMap) else load_label_map(label_map)
+            if own is not None:
+                require_same_ids(own, self.label_map.source, f"layout {layout!r} (read through {self.label_map.name})")
+            target = self.label_map.target if hierarchy is None else as_hierarchy(hierarchy)
+            self.hierarchy, allocation = hierarchy_for_maps(target, [self.label_map])
+            self.relabel = self.label_map.lookup(allocation)
+            file_tree = self.label_map.source
+        else:
+            self.hierarchy = file_tree = as_hierarchy(hierarchy) if hierarchy is not None else own
+            if own is not None:
+                require_same_ids(own, self.hierarchy, f"layout {layout!r}")
         self.root = Path(root)
         self.split = split
         self.transform = transform
-        self.check_labels = LabelChecker(self.hierarchy, undeclared)
+        self.check_labels = LabelChecker(file_tree, undeclared)
         self.pairs, label_format = self.layout.find(self.root, split, variant, list_file)
-        self.read_label = LABEL_READERS[label_format]
+        # colour renderings are read through the colours of the files' own tree
+        self.read_label = (functools.partial(read_label, hierarchy=file_tree) if label_format == "png"
+                           else LABEL_READERS[label_format])
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -183,7 +241,10 @@ class ParsingDataset(torch.utils.data.Dataset):
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label {label_path} "
                 f"is {label.shape[1]}x{label.shape[0]} (width x height)"
             )
-        sample = {"image": image, "label": self.check_labels(label, label_path), "path": str(image_path)}
+        label = self.check_labels(label, label_path)
+        if self.relabel is not None:
+            label = self.relabel[label]
+        sample = {"image": image, "label": label, "path": str(image_path)}
         return self.transform(sample) if self.transform is not None else sample
 
     def __repr__(self) -> str:

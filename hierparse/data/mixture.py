@@ -79,10 +79,12 @@ def source_maps(sources: Sequence[dict[str, Any]] | None) -> list[LabelMap]:
     return [load_label_map(source["map"]) for source in check_sources(list(sources)) if source["map"] is not None]
 
 
-def label_hierarchy(sources: Sequence[dict[str, Any]] | None, hierarchy: Hierarchy) -> Hierarchy:
+def label_hierarchy(sources: Sequence[dict[str, Any]] | None, hierarchy: Hierarchy,
+                    label_map: str | None = None) -> Hierarchy:
     """The tree the training labels live in: ``hierarchy``, with raw ids for the unions its sources'
-    label maps use (what the loss and the transforms must know; the model and metrics use ``hierarchy``)."""
-    maps = source_maps(sources)
+    label maps (and the config's ``map``) use (what the loss and the transforms must know; the model
+    uses ``hierarchy``)."""
+    maps = source_maps(sources) + ([load_label_map(label_map)] if label_map is not None else [])
     return hierarchy_for_maps(hierarchy, maps)[0] if maps else hierarchy
 
 
