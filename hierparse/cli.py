@@ -8,6 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from hierparse.engine.command import print_problems, run_command
+from hierparse.check_data import add_check_data
 from hierparse.evaluate import add_evaluate
 from hierparse.export import add_export
 from hierparse.hierarchy import Hierarchy, HierarchyError, load_hierarchy
@@ -199,8 +200,8 @@ def run_build_model(args) -> int:
 
 
 # ---------------------------------------------------------------------- entry point
-PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_train, add_evaluate, add_predict,
-                                   add_export]
+PARSER_BUILDERS: list[Callable] = [add_show, add_validate, add_build_model, add_check_data, add_train, add_evaluate,
+                                   add_predict, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

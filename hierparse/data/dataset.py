@@ -32,7 +32,8 @@ def as_hierarchy(hierarchy: Hierarchy | str | Path) -> Hierarchy:
     return hierarchy if isinstance(hierarchy, Hierarchy) else load_hierarchy(hierarchy)
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str) -> Image.Image:
+    """A fully decoded PIL image; one-line errors naming the ``what`` file (missing, unreadable, truncated)."""
     if not path.exists():
         raise FileNotFoundError(f"missing {what} file {path}")
     try:
@@ -69,7 +70,7 @@ def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
     ``orient``: apply the EXIF orientation, as a photo viewer shows it (prediction). Datasets read
     images as stored, because their label maps are aligned with the stored pixels.
     """
-    image = _open(Path(path), "image")
+    image = open_image(Path(path), "image")
     if orient:
         image = ImageOps.exif_transpose(image)
     return to_rgb(image, path)
@@ -113,7 +114,7 @@ def read_label(path: str | Path, hierarchy: Hierarchy | None = None) -> np.ndarr
     """A label PNG as uint8 ``HxW`` raw ids: single-channel (palette PNGs give their indices), or a
     colour rendering (RGB, RGBA) read through ``hierarchy``'s colours (:func:`ids_from_colours`)."""
     path = Path(path)
-    image = _open(path, "label")
+    image = open_image(path, "label")
     if image.mode in ("L", "P"):
         return np.array(image)
     if image.mode in ("RGB", "RGBA") and hierarchy is not None:

@@ -1,0 +1,90 @@
+"""``hierparse check-data`` on folders shaped like the real ones: a clean LIP split (grayscale JPEGs,
+L and P label PNGs), one with every kind of problem, and ATR read with and without its map."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from hierparse.cli import main
+from hierparse.data import SyntheticParsing
+
+SIZES = [(40, 48), (36, 52), (40, 48)]
+
+
+def lip_split(root, split="train"):
+    """LIP's SCHP layout: grayscale and colour JPEGs, labels as L and as P PNGs."""
+    for folder in (f"{split}_images", f"{split}_segmentations"):
+        (root / folder).mkdir(parents=True)
+    labels = []
+    for index, size in enumerate(SIZES):
+        sample = SyntheticParsing(n=index + 1, size=size, split="val")[index]
+        image = Image.fromarray(sample["image"])
+        (image.convert("L") if index == 0 else image).save(root / f"{split}_images" / f"p{index}.jpg")
+        label = Image.fromarray(sample["label"])
+        if index == 1:
+            label = label.convert("P")
+            label.putpalette([value for i in range(256) for value in (i, i, i)])
+        label.save(root / f"{split}_segmentations" / f"p{index}.png")
+        labels.append(sample["label"])
+    (root / f"{split}_id.txt").write_text("p0\np1\np2\n")
+    return labels
+
+
+def test_a_clean_folder_is_described_and_ready(tmp_path, capsys):
+    labels = lip_split(tmp_path / "lip")
+    sheet = tmp_path / "sheet.png"
+    assert main(["check-data", str(tmp_path / "lip"), "--layout", "lip", "--sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert "3 image/label pairs, layout lip, split 'train', read as hierarchy 'lip'" in out
+    assert "image modes: RGB 2, L 1" in out and "image sizes (WxH): 48x40 2, 52x36 1" in out
+    seen = sorted(set(np.concatenate([label.ravel() for label in labels]).tolist()))
+    assert f"raw ids seen: {seen}" in out
+    background = sum(int((label == 0).sum()) for label in labels) / sum(label.size for label in labels)
+    assert f"Background {100 * background:.1f}%" in out
+    assert out.strip().endswith("ready to train on")
+    assert Image.open(sheet).size[0] > 0
+
+
+def test_every_problem_is_listed_and_the_exit_status_is_1(tmp_path, capsys):
+    root = tmp_path / "lip"
+    lip_split(root)
+    (root / "train_images" / "p1.jpg").write_bytes((root / "train_images" / "p1.jpg").read_bytes()[:200])
+    label = np.array(Image.open(root / "train_segmentations" / "p2.png"))
+    label[0, :2] = [77, 30]
+    Image.fromarray(label).save(root / "train_segmentations" / "p2.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "train_segmentations" / "stray.png")
+    assert main(["check-data", str(root), "--layout", "lip", "--sheet", str(tmp_path / "s.png")]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 3
+    assert problems[0].startswith(f"problem: cannot read image file {root / 'train_images' / 'p1.jpg'}")
+    assert problems[1:] == [
+        f"problem: label file {root / 'train_segmentations' / 'p2.png'} holds raw ids [30, 77] that hierarchy "
+        "'lip' does not declare",
+        f"problem: label file {root / 'train_segmentations' / 'stray.png'} has no image",
+    ]
+
+
+def test_a_size_mismatch_is_a_problem(tmp_path, capsys):
+    root = tmp_path / "lip"
+    lip_split(root)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "train_segmentations" / "p0.png")
+    assert main(["check-data", str(root), "--layout", "lip", "--sheet", str(tmp_path / "s.png")]) == 1
+    assert (f"problem: image {root / 'train_images' / 'p0.jpg'} is 48x40 but its label "
+            f"{root / 'train_segmentations' / 'p0.png'} is 12x10") in capsys.readouterr().out
+
+
+def test_another_trees_ids_need_the_map(tmp_path, capsys):
+    root = tmp_path / "atr"
+    for folder in ("train_images", "train_segmentations"):
+        (root / folder).mkdir(parents=True)
+    sample = SyntheticParsing(n=1, size=(32, 32), split="val")[0]
+    Image.fromarray(sample["image"]).save(root / "train_images" / "a.jpg")
+    Image.fromarray(sample["label"] % 18).save(root / "train_segmentations" / "a.png")
+    (root / "train_id.txt").write_text("a\n")
+    assert main(["check-data", str(root), "--layout", "atr", "--hierarchy", "lip"]) == 2
+    assert "read it through map: atr_to_lip" in capsys.readouterr().err
+    assert main(["check-data", str(root), "--layout", "atr", "--map", "atr_to_lip",
+                 "--sheet", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "read as hierarchy 'lip' through label map atr_to_lip" in out and "ready to train on" in out
