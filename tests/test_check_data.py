@@ -88,3 +88,18 @@ def test_another_trees_ids_need_the_map(tmp_path, capsys):
                  "--sheet", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out
     assert "read as hierarchy 'lip' through label map atr_to_lip" in out and "ready to train on" in out
+
+
+def test_a_bad_label_read_by_a_dataloader_worker_is_one_line_exit_2(tmp_path, capsys):
+    root = tmp_path / "lip"
+    lip_split(root, "train")
+    lip_split(root, "val")
+    label = np.array(Image.open(root / "train_segmentations" / "p0.png"))
+    label[3, 3] = 99
+    Image.fromarray(label).save(root / "train_segmentations" / "p0.png")
+    command = ["train", "dataset", "lip", "root", str(root), "crop_size", "32", "eval_size", "32", "batch_size", "3",
+               "max_iters", "2", "eval_interval", "2", "threads", "1", "workers", "1", "out", str(tmp_path / "run")]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"hierparse: error: label file {root / 'train_segmentations' / 'p0.png'} holds raw ids [99] "
+                     "that hierarchy 'lip' does not declare (pass undeclared='ignore' to treat them as ignored)")
