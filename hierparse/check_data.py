@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hierparse.data.dataset import ParsingDataset, open_image, to_rgb
+from hierparse.data.dataset import ParsingDataset, open_image, resized_to_label, to_rgb
 from hierparse.data.layouts import LAYOUTS
 from hierparse.data.synthetic import colorize
 from hierparse.engine.visualize import save_panels
@@ -26,11 +26,8 @@ SHOWN_PER_PROBLEM = 3  # files named per kind of problem; the rest are counted
 
 
 def unmatched_labels(dataset: ParsingDataset) -> list[Path]:
-    """Label files beside the paired ones that no image points to."""
-    paired = {label for _, label in dataset.pairs}
-    suffix = next(iter(paired)).suffix if paired else ".png"
-    folders = {label.parent for label in paired}
-    return sorted(path for folder in folders for path in folder.glob(f"*{suffix}") if path not in paired)
+    """Label files in the split's label folder that no image has (none for list files)."""
+    return dataset.variant.unpaired_labels(dataset.root, dataset.split) if dataset.variant is not None else []
 
 
 def scan(dataset: ParsingDataset, progress: bool = True) -> dict[str, Any]:
@@ -49,6 +46,13 @@ def scan(dataset: ParsingDataset, progress: bool = True) -> dict[str, Any]:
             continue
         modes[mode] += 1
         sizes[(width, height)] += 1
+        if dataset.layout.images_to_label_size and label.shape != (height, width):
+            try:
+                picture = resized_to_label(picture, label.shape, image_path, label_path)
+                height, width = label.shape
+            except ValueError as error:
+                problems.setdefault("size", []).append(str(error))
+                continue
         if label.shape != (height, width):
             problems.setdefault("size", []).append(
                 f"image {image_path} is {width}x{height} but its label {label_path} is {label.shape[1]}x{label.shape[0]}")

@@ -4,10 +4,11 @@ L and P label PNGs), one with every kind of problem, and ATR read with and witho
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hierparse.cli import main
-from hierparse.data import SyntheticParsing
+from hierparse.data import ParsingDataset, SyntheticParsing
 
 SIZES = [(40, 48), (36, 52), (40, 48)]
 
@@ -103,3 +104,50 @@ def test_a_bad_label_read_by_a_dataloader_worker_is_one_line_exit_2(tmp_path, ca
     error = capsys.readouterr().err.strip()
     assert error == (f"hierparse: error: label file {root / 'train_segmentations' / 'p0.png'} holds raw ids [99] "
                      "that hierarchy 'lip' does not declare (pass undeclared='ignore' to treat them as ignored)")
+
+
+def celebamask_folder(root, stems_by_split):
+    """CelebAMask-HQ as face-parsing.PyTorch leaves it: CelebA-HQ-img/ at twice the size of mask/."""
+    (root / "CelebA-HQ-img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    rng = np.random.default_rng(0)
+    for split, stems in stems_by_split.items():
+        for stem, side in stems:
+            label = np.zeros((side, side), np.uint8)
+            label[side // 8: -side // 8, side // 4: -side // 4] = 1      # skin
+            label[: side // 6] = 17                                          # hair
+            label[side // 3: side // 3 + 3, side // 3: side // 3 + 4] = 4   # left eye
+            label[-side // 8:] = rng.choice([14, 16])                        # neck or cloth
+            Image.fromarray(label).save(root / "mask" / f"{stem}.png")
+            image = np.repeat(np.repeat((label * 13)[..., None], 3, axis=2), 2, axis=0).repeat(2, axis=1)
+            Image.fromarray(image.astype(np.uint8)).save(root / "CelebA-HQ-img" / f"{stem}.jpg")
+        (root / f"{split}.txt").write_text("\n".join(stem for stem, _ in stems) + "\n")
+
+
+def test_celebamask_hq_images_twice_their_labels_size_are_resized_to_them(tmp_path, capsys):
+    root = tmp_path / "celeba"
+    celebamask_folder(root, {"train": [("0", 512), ("1", 48)], "val": [("2", 48)]})
+    assert Image.open(root / "CelebA-HQ-img" / "0.jpg").size == (1024, 1024)
+    assert main(["check-data", str(root), "--layout", "celebamask_hq", "--sheet", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "image sizes (WxH): 1024x1024 1, 96x96 1" in out and "ready to train on" in out
+    dataset = ParsingDataset(root, "celebamask_hq", "train")
+    assert dataset[0]["image"].shape == (512, 512, 3) and dataset[0]["label"].shape == (512, 512)
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(root / "mask" / "1.png")
+    with pytest.raises(ValueError, match="not one whole scale factor on both sides"):
+        dataset[1]
+
+
+def test_a_helen_model_trains_and_evaluates_on_celebamask_hq_through_the_map(tmp_path, capsys):
+    root = tmp_path / "celeba"
+    celebamask_folder(root, {"train": [("0", 48), ("1", 48)], "val": [("2", 48)]})
+    run = tmp_path / "run"
+    assert main(["train", "hierarchy", "helen", "dataset", "celebamask_hq", "root", str(root), "map",
+                 "celebamask_hq_to_helen", "crop_size", "32", "eval_size", "48", "batch_size", "2", "max_iters", "2",
+                 "eval_interval", "2", "workers", "0", "threads", "1", "out", str(run)]) == 0
+    assert "through label map celebamask_hq_to_helen" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(root), "--layout",
+                 "celebamask_hq"]) == 2
+    assert "read it through map: celebamask_hq_to_helen" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(root), "--layout",
+                 "celebamask_hq", "--map", "celebamask_hq_to_helen"]) == 0

@@ -144,6 +144,15 @@ def read_helen_maps(folder: str | Path) -> np.ndarray:
     return stack.argmax(axis=0).astype(np.uint8)
 
 
+def resized_to_label(image: np.ndarray, shape: tuple[int, int], image_path: Path, label_path: Path) -> np.ndarray:
+    """``image`` resized (bilinear) to a label ``shape`` smaller by one whole factor on both sides."""
+    factors = {image.shape[0] / shape[0], image.shape[1] / shape[1]}
+    if len(factors) != 1 or not float(next(iter(factors))).is_integer():
+        raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[0]}, its label {label_path} "
+                         f"{shape[1]}x{shape[0]}: not one whole scale factor on both sides")
+    return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.BILINEAR))
+
+
 LABEL_READERS: dict[str, Callable[[Path], np.ndarray]] = {"png": read_label, "helen_maps": read_helen_maps}
 
 
@@ -225,7 +234,8 @@ class ParsingDataset(torch.utils.data.Dataset):
         self.split = split
         self.transform = transform
         self.check_labels = LabelChecker(file_tree, undeclared)
-        self.pairs, label_format = self.layout.find(self.root, split, variant, list_file)
+        self.pairs, self.variant = self.layout.find(self.root, split, variant, list_file)
+        label_format = self.variant.label_format if self.variant is not None else "png"
         # colour renderings are read through the colours of the files' own tree
         self.read_label = (functools.partial(read_label, hierarchy=file_tree) if label_format == "png"
                            else LABEL_READERS[label_format])
@@ -237,6 +247,8 @@ class ParsingDataset(torch.utils.data.Dataset):
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
         label = self.read_label(label_path)
+        if self.layout.images_to_label_size and image.shape[:2] != label.shape:
+            image = resized_to_label(image, label.shape, image_path, label_path)
         if image.shape[:2] != label.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label {label_path} "

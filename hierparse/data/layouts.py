@@ -95,6 +95,16 @@ class Variant:
             )
         return pairs
 
+    def unpaired_labels(self, root: Path, split: str) -> list[Path]:
+        """Label files of ``split``'s label folder that no image of the image folder has."""
+        image_dir, label_dir = self.image_folder(root, split), self._first_existing(root, self.labels, split)
+        if image_dir is None or label_dir is None or self.label_format != "png":
+            return []
+        pattern = f"**/*{self.label_suffix}" if self.recursive else f"*{self.label_suffix}"
+        images = {self._label_of(path, image_dir, label_dir) for path in image_dir.glob("**/*" if self.recursive else "*")
+                  if path.is_file() and _matching_suffix(path.name, self.image_suffixes)}
+        return sorted(path for path in label_dir.glob(pattern) if path.is_file() and path not in images)
+
     def _image_of(self, image_dir: Path, stem: str, id_file: Path) -> Path:
         for suffix in self.image_suffixes:
             candidate = image_dir / f"{stem}{suffix}"
@@ -169,6 +179,8 @@ class Layout:
     variants: tuple[Variant, ...]
     # List files of "image label" lines looked for (variant "list") when no folder variant is present.
     list_files: tuple[str, ...] = ()
+    # Images larger than their labels by a whole factor are resized to them (CelebAMask-HQ: 1024 / 512).
+    images_to_label_size: bool = False
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -191,8 +203,8 @@ class Layout:
 
     def find(
         self, root: str | Path, split: str, variant: str = "auto", list_file: str | Path | None = None
-    ) -> tuple[list[tuple[Path, Path]], str]:
-        """The (image, label) pairs of ``split`` and their label format (``png`` or ``helen_maps``).
+    ) -> tuple[list[tuple[Path, Path]], Variant | None]:
+        """The (image, label) pairs of ``split`` and the variant they were found in (None: a list file).
 
         ``list_file`` overrides the folders of any layout.
         """
@@ -200,17 +212,17 @@ class Layout:
         if not root.is_dir():
             raise FileNotFoundError(f"dataset root {root} is not a folder")
         if list_file is not None:
-            return read_list_file(list_file, root), "png"
+            return read_list_file(list_file, root), None
         if variant == "list" or (variant == "auto" and self.list_files and not self._any_folder(root, split)):
             for template in self.list_files:
                 candidate = root / template.format(split=split)
                 if candidate.is_file():
-                    return read_list_file(candidate, root), "png"
+                    return read_list_file(candidate, root), None
             if variant == "list":
                 looked = ", ".join(str(root / t.format(split=split)) for t in self.list_files)
                 raise FileNotFoundError(f"no list file for split {split!r}: looked for {looked}")
         chosen = self.detect(root, split) if variant == "auto" else self.variant(variant)
-        return chosen.find(root, split), chosen.label_format
+        return chosen.find(root, split), chosen
 
     def _any_folder(self, root: Path, split: str) -> bool:
         return any(variant.present(root, split) for variant in self.variants)
@@ -299,6 +311,22 @@ LAYOUTS: dict[str, Layout] = {
                     label_format="helen_maps",
                 ),
             ),
+        ),
+        Layout(
+            "celebamask_hq",
+            "celebamask_hq",
+            (
+                # the combined label PNGs (ids 0-18) of zllrunning/face-parsing.PyTorch's prepropess_data.py,
+                # made from the release's per-class masks (CelebAMask-HQ-mask-anno/, not read directly)
+                Variant(
+                    "combined",
+                    images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
+                    labels=("mask", "CelebAMask-HQ-mask", "CelebAMask-HQ/mask"),
+                    id_files=("{split}.txt", "{split}_id.txt", "list/{split}.txt"),
+                    shared_folder=True,
+                ),
+            ),
+            images_to_label_size=True,
         ),
         Layout(
             "cityscapes",
