@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from hierparse import load_hierarchy
+from hierparse.cli import main
 from hierparse.data import ParsingDataset, build_dataset, read_label
 
 H, W = 12, 16
@@ -449,3 +450,27 @@ def test_dataset_pickles_for_worker_processes(tmp_path):
     expected = tree_schp(LIP_IDS)(tmp_path, "train")
     dataset = pickle.loads(pickle.dumps(ParsingDataset(tmp_path, "lip", "train", undeclared="ignore")))
     np.testing.assert_array_equal(dataset[0]["label"], expected["b"][1])
+
+
+@pytest.mark.parametrize("layout, variant, build, hierarchy", CASES, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_check_data_finds_each_layout_ready(tmp_path, capsys, layout, variant, build, hierarchy):
+    build(tmp_path, "train")
+    if layout == "cityscapes":  # the release keeps trainIds, instanceIds (16-bit) and colour files beside labelIds
+        for label in (tmp_path / "gtFine" / "train").rglob("*_labelIds.png"):
+            frame = label.name[: -len("_labelIds.png")]
+            Image.fromarray(np.array(Image.open(label))).save(label.parent / f"{frame}_trainIds.png")
+            Image.fromarray(np.full((H, W), 26001, np.uint16)).save(label.parent / f"{frame}_instanceIds.png")
+    command = ["check-data", str(tmp_path), "--layout", layout, "--sheet", str(tmp_path / "sheet.png")]
+    assert main([*command, *(["--hierarchy", hierarchy] if hierarchy else [])]) == 0
+    assert capsys.readouterr().out.strip().endswith("ready to train on")
+
+
+@pytest.mark.parametrize("layout, variant, build, hierarchy",
+                         [case for case in CASES if case[1] in ("official", "folders")], ids=lambda x: str(x))
+def test_a_few_training_iterations_run_on_each_layout(tmp_path, layout, variant, build, hierarchy):
+    for split in ("train", "val"):
+        build(tmp_path, split)
+    assert main(["train", "hierarchy", hierarchy or layout, "dataset", layout, "root", str(tmp_path), "crop_size", "16",
+                 "eval_size", "16", "batch_size", "2", "max_iters", "2", "eval_interval", "2", "workers", "0",
+                 "threads", "1", "out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "last.pt").exists()
