@@ -14,7 +14,7 @@ import torch
 from hierparse import load_hierarchy
 from hierparse.hierarchy import builtin_names, hierarchy_from_yaml
 
-BUILTINS = ["atr", "cihp", "cityscapes", "helen", "lip", "pascal_person_part"]
+BUILTINS = ["atr", "celebamask_hq", "cihp", "cityscapes", "helen", "lip", "pascal_person_part"]
 
 # ---------------------------------------------------------------------- class names by raw id
 LIP_NAMES = [
@@ -32,6 +32,12 @@ HELEN_NAMES = [
     "Background", "Skin", "Left-brow", "Right-brow", "Left-eye", "Right-eye", "Nose", "Upper-lip",
     "Inner-mouth", "Lower-lip", "Hair",
 ]
+# face-parsing.PyTorch's prepropess_data.py: 0 background, then its attribute list, 1..18
+CELEBAMASK_ATTRIBUTES = ["skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r", "nose",
+                         "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat"]
+CELEBAMASK_NAMES = ["Background", "Skin", "Left-brow", "Right-brow", "Left-eye", "Right-eye", "Eyeglasses", "Left-ear",
+                    "Right-ear", "Earring", "Nose", "Inner-mouth", "Upper-lip", "Lower-lip", "Neck", "Necklace", "Cloth",
+                    "Hair", "Hat"]
 PPP_NAMES = [
     "Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs",
 ]
@@ -57,6 +63,12 @@ HELEN_GROUPS = [
     HELEN_MIDDLE,
     [{raw} for group in HELEN_MIDDLE for raw in sorted(group)],
 ]
+CELEBAMASK_MIDDLE = [{0}, {1, 2, 3, 4, 5, 6, 10}, {11, 12, 13}, {7, 8, 9}, {17}, {18}, {14}, {15}, {16}]
+CELEBAMASK_GROUPS = [
+    [{0}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18}, {14, 15, 16}],
+    CELEBAMASK_MIDDLE,
+    [{raw} for group in CELEBAMASK_MIDDLE for raw in sorted(group)],
+]
 PPP_GROUPS = [
     [{0}, {1, 2, 3, 4}, {5, 6}],
     [{0}, {1, 2}, {3, 4}, {5}, {6}],
@@ -69,6 +81,7 @@ HUMAN = {
     "cihp": (CIHP_NAMES, LIP_GROUPS, [(14, 15), (16, 17), (18, 19)]),
     "atr": (ATR_NAMES, ATR_GROUPS, [(14, 15), (12, 13), (9, 10)]),
     "helen": (HELEN_NAMES, HELEN_GROUPS, [(2, 3), (4, 5)]),
+    "celebamask_hq": (CELEBAMASK_NAMES, CELEBAMASK_GROUPS, [(2, 3), (4, 5), (7, 8)]),
     "pascal_person_part": (PPP_NAMES, PPP_GROUPS, []),
 }
 
@@ -118,6 +131,7 @@ NUM_CLASSES = {
     "cihp": [2, 5, 20],
     "atr": [5, 9, 18],
     "helen": [3, 6, 11],
+    "celebamask_hq": [3, 9, 19],
     "pascal_person_part": [3, 5, 7],
     "cityscapes": [7, 19],
 }
@@ -126,6 +140,7 @@ CLASS_RAW_IDS = {
     "cihp": set(range(20)),
     "atr": set(range(18)),
     "helen": set(range(11)),
+    "celebamask_hq": set(range(19)),
     "pascal_person_part": set(range(7)),
     "cityscapes": {label[1] for label in CITYSCAPES_LABELS if not label[5]},
 }
@@ -149,7 +164,7 @@ def builtin(request):
     return request.param, load_hierarchy(request.param)
 
 
-def test_the_six_builtins_are_shipped():
+def test_the_seven_builtins_are_shipped():
     assert builtin_names() == BUILTINS
 
 
@@ -335,3 +350,11 @@ def test_cityscapes_to_raw_writes_label_ids(cityscapes):
     train_ids = torch.arange(19).reshape(1, 19)
     by_train_id = {label[2]: label[1] for label in CITYSCAPES_LABELS if label[2] != 255}
     assert cityscapes.to_raw(train_ids).tolist() == [[by_train_id[i] for i in range(19)]]
+
+
+def test_celebamask_names_follow_the_attribute_order_of_the_combined_masks():
+    short = {"skin": "Skin", "l_brow": "Left-brow", "r_brow": "Right-brow", "l_eye": "Left-eye", "r_eye": "Right-eye",
+             "eye_g": "Eyeglasses", "l_ear": "Left-ear", "r_ear": "Right-ear", "ear_r": "Earring", "nose": "Nose",
+             "mouth": "Inner-mouth", "u_lip": "Upper-lip", "l_lip": "Lower-lip", "neck": "Neck", "neck_l": "Necklace",
+             "cloth": "Cloth", "hair": "Hair", "hat": "Hat"}
+    assert CELEBAMASK_NAMES == ["Background"] + [short[attribute] for attribute in CELEBAMASK_ATTRIBUTES]
