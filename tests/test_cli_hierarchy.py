@@ -187,7 +187,7 @@ def test_validate_builtins_ok(capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
-    assert len(lines) == len(paths) == 6
+    assert len(lines) == len(paths) == 7
     assert f"{BUILTIN_DIR / 'lip.yaml'}: ok (3 levels, classes per level [2, 5, 20])" in lines
     assert f"{BUILTIN_DIR / 'cityscapes.yaml'}: ok (2 levels, classes per level [7, 19])" in lines
 
