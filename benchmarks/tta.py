@@ -23,6 +23,15 @@ SETTINGS = {"no TTA": {}, "flip": {"flip": True}, "flip + scales 0.75, 1, 1.25":
                                                                                  "scales": (0.75, 1.0, 1.25)}}
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the machine, not only its architecture)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -43,7 +52,7 @@ def main() -> None:
         rows[name] = {"miou": {level["name"]: level["miou"] for level in result["levels"]},
                       "ms_per_image": 1000 * seconds / len(dataset), "views": len(inference.views)}
     print(f"{args.checkpoint} (iteration {checkpoint['iteration']}), {len(dataset)} validation images, "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}\n")
+          f"{args.threads} threads, {cpu_name()}, load {os.getloadavg()[0]:.2f}\n")
     print("| setting | views | " + " | ".join(f"{name} mIoU" for name in hierarchy.level_names) + " | ms / image |")
     print("| --- | ---: |" + " ---: |" * (hierarchy.num_levels + 1))
     for name, row in rows.items():

@@ -599,7 +599,8 @@ def test_a_bad_map_stops_training_in_one_line_with_exit_2(tmp_path, capsys):
     from hierparse.cli import main
     from hierparse.label_map import load_label_map
     with pytest.raises(FileNotFoundError, match=r"no_such_map: neither a label map file nor a built-in label map "
-                                                r"\(built-ins: atr_to_lip, cihp_to_lip, lip_without_left_right, pascal_person_part_to_lip\)"):
+                                                r"\(built-ins: atr_to_lip, celebamask_hq_to_helen, cihp_to_lip, lip_without_left_right, "
+                                                r"pascal_person_part_to_lip\)"):
         load_label_map("no_such_map")
     bad = write_map(tmp_path, ATR_FULL.replace("  4: Background", "  4: Cape"))
     sources = json.dumps([{"dataset": "atr", "root": str(tmp_path / "atr"), "map": str(bad)}])
