@@ -151,3 +151,37 @@ def test_a_helen_model_trains_and_evaluates_on_celebamask_hq_through_the_map(tmp
     assert "read it through map: celebamask_hq_to_helen" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(root), "--layout",
                  "celebamask_hq", "--map", "celebamask_hq_to_helen"]) == 0
+
+
+def test_celebamask_hq_release_masks_combine_as_the_combined_pngs(tmp_path, capsys):
+    """The release's per-class binary masks, CelebAMask-HQ-mask-anno/<id // 2000>/<id:05d>_<class>.png,
+    read as the combined PNG that face-parsing.PyTorch writes (a later class overwrites an earlier one)."""
+    combined = tmp_path / "combined"
+    celebamask_folder(combined, {"train": [("0", 48), ("2001", 48)], "val": [("1", 48)]})
+    release = tmp_path / "release"
+    (release / "CelebA-HQ-img").mkdir(parents=True)
+    names = {1: "skin", 4: "l_eye", 14: "neck", 16: "cloth", 17: "hair"}
+    for path in sorted((combined / "mask").glob("*.png")):
+        label = np.array(Image.open(path))
+        index = int(path.stem)
+        folder = release / "CelebAMask-HQ-mask-anno" / str(index // 2000)
+        folder.mkdir(parents=True, exist_ok=True)
+        for raw in np.unique(label):
+            if raw:
+                mask = (label == raw) | ((raw == 1) & (label == 4))  # skin under the eye: the eye mask wins
+                Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f"{index:05d}_{names[raw]}.png")
+        (release / "CelebA-HQ-img" / f"{path.stem}.jpg").write_bytes(
+            (combined / "CelebA-HQ-img" / f"{path.stem}.jpg").read_bytes())
+    for split in ("train", "val"):
+        (release / f"{split}.txt").write_text((combined / f"{split}.txt").read_text())
+    ours = ParsingDataset(release, "celebamask_hq", "train")
+    theirs = ParsingDataset(combined, "celebamask_hq", "train")
+    assert ours.variant.name == "official" and theirs.variant.name == "combined"
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert main(["check-data", str(release), "--layout", "celebamask_hq", "--sheet", str(tmp_path / "s.png")]) == 0
+    assert "ready to train on" in capsys.readouterr().out
+    (release / "CelebA-HQ-img" / "portrait.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="CelebA-HQ images are named by their index"):
+        ParsingDataset(release, "celebamask_hq", "all")

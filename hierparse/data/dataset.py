@@ -153,7 +153,34 @@ def resized_to_label(image: np.ndarray, shape: tuple[int, int], image_path: Path
     return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.BILINEAR))
 
 
-LABEL_READERS: dict[str, Callable[[Path], np.ndarray]] = {"png": read_label, "helen_maps": read_helen_maps}
+# CelebAMask-HQ's class folders in the order zllrunning/face-parsing.PyTorch's prepropess_data.py
+# numbers them 1..18 (hierarchies/celebamask_hq.yaml); a later mask overwrites an earlier one, as there.
+CELEBAMASK_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r", "nose",
+                      "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat")
+
+
+def read_celebamask_masks(stem: str | Path) -> np.ndarray:
+    """CelebAMask-HQ's binary masks ``<stem>_<class>.png`` as one uint8 map of raw ids 0-18."""
+    stem = Path(stem)
+    label = None
+    for raw, name in enumerate(CELEBAMASK_CLASSES, start=1):
+        path = stem.parent / f"{stem.name}_{name}.png"
+        if not path.exists():
+            continue
+        mask = np.asarray(open_image(path, "label").convert("L")) > 0
+        if label is None:
+            label = np.zeros(mask.shape, np.uint8)
+        elif mask.shape != label.shape:
+            raise ValueError(f"label file {path} is {mask.shape[1]}x{mask.shape[0]}, the other masks of "
+                             f"{stem.name} {label.shape[1]}x{label.shape[0]}")
+        label[mask] = raw
+    if label is None:
+        raise FileNotFoundError(f"missing label files {stem}_<class>.png")
+    return label
+
+
+LABEL_READERS: dict[str, Callable[[Path], np.ndarray]] = {"png": read_label, "helen_maps": read_helen_maps,
+                                                          "celebamask_masks": read_celebamask_masks}
 
 
 class LabelChecker:

@@ -34,7 +34,8 @@ class Variant:
     label_suffix: str = ".png"
     # Images may sit in sub-folders (Cityscapes: one per city); labels mirror the same sub-folders.
     recursive: bool = False
-    # "png": one single-channel PNG of raw ids; "helen_maps": a folder of per-class maps.
+    # "png": one single-channel PNG of raw ids; "helen_maps": a folder of per-class maps;
+    # "celebamask_masks": CelebAMask-HQ's per-class binary masks, <id // 2000>/<id:05d>_<class>.png.
     label_format: str = "png"
 
     def _format(self, template: str, split: str) -> str:
@@ -86,7 +87,7 @@ class Variant:
                     f"empty split {split!r}: no images ({', '.join(self.image_suffixes)}) in {image_dir}"
                 )
         pairs = [(image, self._label_of(image, image_dir, label_dir)) for image in images]
-        missing = [(image, label) for image, label in pairs if not label.exists()]
+        missing = [(image, label) for image, label in pairs if not self._label_exists(label)]
         if missing:
             image, label = missing[0]
             raise FileNotFoundError(
@@ -114,10 +115,19 @@ class Variant:
             f"missing image file {image_dir / stem}{{{','.join(self.image_suffixes)}}} listed in {id_file}"
         )
 
+    def _label_exists(self, label: Path) -> bool:
+        if self.label_format == "celebamask_masks":  # a stem: the masks are <stem>_<class>.png
+            return any(label.parent.glob(f"{label.name}_*.png"))
+        return label.exists()
+
     def _label_of(self, image: Path, image_dir: Path, label_dir: Path) -> Path:
         relative = image.relative_to(image_dir)
         suffix = _matching_suffix(image.name, self.image_suffixes) or image.suffix
         stem = image.name[: -len(suffix)]
+        if self.label_format == "celebamask_masks":
+            if not stem.isdigit():
+                raise ValueError(f"image {image}: CelebA-HQ images are named by their index (0.jpg ... 29999.jpg)")
+            return label_dir / str(int(stem) // 2000) / f"{int(stem):05d}"
         return label_dir / relative.parent / f"{stem}{self.label_suffix}"
 
 
@@ -316,8 +326,17 @@ LAYOUTS: dict[str, Layout] = {
             "celebamask_hq",
             "celebamask_hq",
             (
-                # the combined label PNGs (ids 0-18) of zllrunning/face-parsing.PyTorch's prepropess_data.py,
-                # made from the release's per-class masks (CelebAMask-HQ-mask-anno/, not read directly)
+                # the release: one binary mask per class, combined on reading as prepropess_data.py does;
+                # then the label PNGs (ids 0-18) that zllrunning/face-parsing.PyTorch's script writes
+                Variant(
+                    "official",
+                    images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
+                    labels=("CelebAMask-HQ-mask-anno", "CelebAMask-HQ/CelebAMask-HQ-mask-anno"),
+                    id_files=("{split}.txt", "{split}_id.txt", "list/{split}.txt"),
+                    shared_folder=True,
+                    label_suffix="",
+                    label_format="celebamask_masks",
+                ),
                 Variant(
                     "combined",
                     images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
