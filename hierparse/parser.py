@@ -147,11 +147,19 @@ def find_images(sources: Sequence[str | Path], recursive: bool = False) -> list[
     return list(dict.fromkeys(found))
 
 
+TO_TENSOR = ToTensor()
+
+
+def normalised(photo: np.ndarray) -> torch.Tensor:
+    """A uint8 ``HxWx3`` photo as the network's input ``[3, H, W]`` (ImageNet mean and std)."""
+    return TO_TENSOR({"image": photo, "label": np.zeros(photo.shape[:2], np.uint8)})["image"]
+
+
 class PhotoFiles(torch.utils.data.Dataset):
     """Image files for a DataLoader: ``{"index", "photo", "image"}`` or ``{"index", "error"}`` if unreadable."""
 
     def __init__(self, files: Sequence[Path]):
-        self.files, self.to_tensor = list(files), ToTensor()
+        self.files = list(files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -161,8 +169,7 @@ class PhotoFiles(torch.utils.data.Dataset):
             photo = read_image(self.files[index], orient=True)
         except (ValueError, FileNotFoundError, PermissionError) as error:
             return {"index": index, "error": str(error)}
-        tensor = self.to_tensor({"image": photo, "label": np.zeros(photo.shape[:2], np.uint8)})["image"]
-        return {"index": index, "photo": photo, "image": tensor}
+        return {"index": index, "photo": photo, "image": normalised(photo)}
 
 
 def collate_photos(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,7 +191,7 @@ class Parser:
     def __init__(self, model: torch.nn.Module, hierarchy: Hierarchy, inference: Inference = Inference(),
                  decode: str = "independent", batch_size: int = 8):
         self.predictor = Predictor(model.eval(), hierarchy, inference, decode)
-        self.hierarchy, self.batch_size, self.to_tensor = hierarchy, batch_size, ToTensor()
+        self.hierarchy, self.batch_size = hierarchy, batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", decode: str | None = None,
@@ -213,11 +220,8 @@ class Parser:
             chunk = items[start:start + self.batch_size]
             photos = [as_rgb(item) for item in chunk]
             paths = [Path(item) if isinstance(item, (str, Path)) else None for item in chunk]
-            parses += self._parse(photos, [self._tensor(photo) for photo in photos], paths, probabilities)
+            parses += self._parse(photos, [normalised(photo) for photo in photos], paths, probabilities)
         return parses if many else parses[0]
-
-    def _tensor(self, photo: np.ndarray) -> torch.Tensor:
-        return self.to_tensor({"image": photo, "label": np.zeros(photo.shape[:2], np.uint8)})["image"]
 
     def _parse(self, photos: Sequence[np.ndarray], tensors: Sequence[torch.Tensor], paths: Sequence[Path | None],
                probabilities: bool = False) -> list[Parse]:
