@@ -97,6 +97,11 @@ class Inference:
         return max(1, round(height * factor)), max(1, round(width * factor))
 
 
+def check_mode(mode: str) -> None:
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {mode!r}; choices: {', '.join(DECODE_MODES)}")
+
+
 def node_scores(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-class scores of one level: sigmoid for ``tree`` decoding, else log-softmax over classes."""
     return torch.sigmoid(logits) if mode == "tree" else F.log_softmax(logits, dim=1)
@@ -110,6 +115,7 @@ def average_scores(total: torch.Tensor | None, scores: torch.Tensor, mode: str) 
 
 
 def finish_average(total: torch.Tensor, views: int, mode: str) -> torch.Tensor:
+    """The mean over ``views`` of what :func:`average_scores` summed."""
     if views == 1:
         return total
     return total / views if mode == "tree" else total - math.log(views)
@@ -151,8 +157,7 @@ def decode_scores(scores: Sequence[torch.Tensor], hierarchy: Hierarchy, mode: st
     A single score map for the finest level (a flat model) is also accepted: the coarse maps are
     then its prediction merged up the tree, in every mode.
     """
-    if mode not in DECODE_MODES:
-        raise ValueError(f"unknown decode mode {mode!r}; choices: {', '.join(DECODE_MODES)}")
+    check_mode(mode)
     scores = list(scores)
     flat = len(scores) == 1 and hierarchy.num_levels > 1
     if mode == "independent" and not flat:
@@ -187,8 +192,7 @@ def decode(logits: Sequence[torch.Tensor], hierarchy: Hierarchy, size: int | tup
            mode: str = "independent") -> list[torch.Tensor]:
     """Per-level class maps ``[N, H, W]`` from per-level logits, each resized bilinearly to ``size``
     first (see :func:`decode_scores` for the modes)."""
-    if mode not in DECODE_MODES:
-        raise ValueError(f"unknown decode mode {mode!r}; choices: {', '.join(DECODE_MODES)}")
+    check_mode(mode)
     check_logits(logits, hierarchy)
     size = (size, size) if isinstance(size, int) else tuple(size)
     return decode_scores([node_scores(resize(level_logits, size), mode) for level_logits in logits], hierarchy, mode)
@@ -215,8 +219,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, hierarchy: Hierarchy, inference: Inference = Inference(),
                  decode_mode: str = "independent"):
-        if decode_mode not in DECODE_MODES:
-            raise ValueError(f"unknown decode mode {decode_mode!r}; choices: {', '.join(DECODE_MODES)}")
+        check_mode(decode_mode)
         self.model, self.hierarchy, self.inference, self.decode_mode = model, hierarchy, inference, decode_mode
         self.stride = getattr(model, "output_stride", 8)
         self.device = next(model.parameters()).device
