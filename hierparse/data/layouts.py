@@ -244,6 +244,14 @@ def _schp(name: str = "schp") -> Variant:
     return Variant(name, images=("{split}_images",), labels=("{split}_segmentations",), id_files=("{split}_id.txt",))
 
 
+def _celebamask(name: str, *labels: str, **options) -> Variant:
+    """CelebAMask-HQ: ``CelebA-HQ-img/`` beside the label folder, directly or under ``CelebAMask-HQ/``;
+    no split files in the release, so id lists of one's own (or split ``all``)."""
+    return Variant(name, images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
+                   labels=(*labels, *(f"CelebAMask-HQ/{label}" for label in labels)),
+                   id_files=("{split}.txt", "{split}_id.txt", "list/{split}.txt"), shared_folder=True, **options)
+
+
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in [
@@ -328,22 +336,8 @@ LAYOUTS: dict[str, Layout] = {
             (
                 # the release: one binary mask per class, combined on reading as prepropess_data.py does;
                 # then the label PNGs (ids 0-18) that zllrunning/face-parsing.PyTorch's script writes
-                Variant(
-                    "official",
-                    images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
-                    labels=("CelebAMask-HQ-mask-anno", "CelebAMask-HQ/CelebAMask-HQ-mask-anno"),
-                    id_files=("{split}.txt", "{split}_id.txt", "list/{split}.txt"),
-                    shared_folder=True,
-                    label_suffix="",
-                    label_format="celebamask_masks",
-                ),
-                Variant(
-                    "combined",
-                    images=("CelebA-HQ-img", "CelebAMask-HQ/CelebA-HQ-img"),
-                    labels=("mask", "CelebAMask-HQ-mask", "CelebAMask-HQ/mask"),
-                    id_files=("{split}.txt", "{split}_id.txt", "list/{split}.txt"),
-                    shared_folder=True,
-                ),
+                _celebamask("official", "CelebAMask-HQ-mask-anno", label_suffix="", label_format="celebamask_masks"),
+                _celebamask("combined", "mask", "CelebAMask-HQ-mask"),
             ),
             images_to_label_size=True,
         ),
