@@ -34,4 +34,13 @@ TORCH_LIBRARY(hierparse, m) {
       "tree_min_loss(Tensor[] logits, Tensor labels, Tensor table, int[] parents, float[] level_weights, "
       "float focal_gamma, int ignore_index, int reduction, bool compute_grad, Tensor? set_members=None, "
       "Tensor? grad_weights=None) -> (Tensor, Tensor[])");
+  // Per-level class maps [N, H, W] (uint8 where a level's classes fit, else int64) of logits upsampled
+  // to `size` as F.interpolate(mode="bilinear", align_corners=align_corners) would, decided pixel by
+  // pixel without storing any full-resolution logits. ancestors [L, F]: each finest class's ancestor
+  // per level (the last row 0..F-1); logits: one per level, or one for the finest level (a flat
+  // model). mode: 0 independent argmax, 1 consistent path search, 2 tree (sigmoid path search).
+  // covered: the output spans that top-left fraction (h, w) of every level's logits (a padded canvas).
+  m.def(
+      "upsample_decode(Tensor[] logits, Tensor ancestors, SymInt[] size, int mode, bool align_corners=False, "
+      "float[]? covered=None) -> Tensor[]");
 }

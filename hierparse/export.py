@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hierparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hierparse.engine.checkpoint import model_from_checkpoint
 from hierparse.engine.io import writable_dir
 from hierparse.hierarchy import Hierarchy
-from hierparse.inference import DECODE_MODES, decode_scores, node_scores
+from hierparse import ops
+from hierparse.inference import DECODE_MODES, ancestor_table
 from hierparse.losses import check_decode
+from hierparse.ops.decode import export_decompositions
 
 FORMATS = ("onnx", "pt2")
 LOGIT_TOLERANCE = 1e-4       # largest absolute logit difference against eager PyTorch (float32)
@@ -87,16 +88,14 @@ class DeployedParser(nn.Module):
         self.model, self.hierarchy, self.decode, self.logits = exportable(model).eval(), hierarchy, decode, logits
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("inv_std", 1 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255))
+        self.register_buffer("ancestors", ancestor_table(hierarchy))
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.model((images.float() - self.mean) * self.inv_std)
         if self.logits:
             return tuple(logits)
-        size = images.shape[-2:]
-        scores = [node_scores(F.interpolate(level, size=size, mode="bilinear", align_corners=False), self.decode)
-                  for level in logits]
-        return tuple(level.to(torch.uint8) for level in decode_scores(scores, self.hierarchy, self.decode))
+        return tuple(ops.upsample_decode(logits, self.ancestors, images.shape[-2:], self.decode))
 
 
 def metadata(hierarchy: Hierarchy, deployed: DeployedParser, checkpoint: dict[str, Any]) -> dict[str, str]:
@@ -131,14 +130,16 @@ def export(deployed: DeployedParser, path: Path, fmt: str, images: torch.Tensor,
     """Write the graph of ``deployed`` traced on ``images`` to ``path`` (atomically)."""
     stride = getattr(deployed.model, "output_stride", 8)
     shapes = dynamic_shapes(stride) if dynamic else None
+    # the fused decode op in standard operators: the file needs neither hierparse nor its extension
+    traced = torch.export.export(deployed, (images,), dynamic_shapes=shapes).run_decompositions(export_decompositions())
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
         temporary = Path(folder) / f"model.{fmt}"
         if fmt == "onnx":
             import onnx
 
-            program = torch.onnx.export(deployed, (images,), dynamo=True, dynamic_shapes=shapes,
-                                        input_names=["images"], output_names=output_names(deployed), verbose=False)
+            program = torch.onnx.export(traced, (images,), dynamo=True, input_names=["images"],
+                                        output_names=output_names(deployed), verbose=False)
             program.save(str(temporary))
             graph = onnx.load(str(temporary))
             onnx.checker.check_model(graph)
@@ -146,8 +147,7 @@ def export(deployed: DeployedParser, path: Path, fmt: str, images: torch.Tensor,
                 graph.metadata_props.add(key=key, value=value)
             onnx.save(graph, str(temporary))
         else:
-            program = torch.export.export(deployed, (images,), dynamic_shapes=shapes)
-            torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
+            torch._inductor.aoti_compile_and_package(traced, package_path=str(temporary))
         temporary.replace(path)
 
 

@@ -26,7 +26,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from hierparse import ops
 from hierparse.hierarchy import Hierarchy
+from hierparse.ops.reference import upsample_logits
 
 DECODE_MODES = ("independent", "consistent", "tree")
 SIZE_MODES = ("aspect", "resize", "none", "slide")
@@ -190,12 +192,19 @@ def check_logits(logits: Sequence[torch.Tensor], hierarchy: Hierarchy) -> bool:
 
 def decode(logits: Sequence[torch.Tensor], hierarchy: Hierarchy, size: int | tuple[int, int],
            mode: str = "independent") -> list[torch.Tensor]:
-    """Per-level class maps ``[N, H, W]`` from per-level logits, each resized bilinearly to ``size``
-    first (see :func:`decode_scores` for the modes)."""
+    """Per-level int64 class maps ``[N, H, W]`` of per-level logits resized bilinearly to ``size``:
+    :func:`hierparse.ops.upsample_decode` (which never holds full-resolution scores and returns uint8
+    maps where classes fit: call it directly to keep them), as int64 so that they index tensors
+    (a uint8 tensor would index as a mask). See :func:`decode_scores` for the modes."""
     check_mode(mode)
     check_logits(logits, hierarchy)
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return decode_scores([node_scores(resize(level_logits, size), mode) for level_logits in logits], hierarchy, mode)
+    return [m.long() for m in ops.upsample_decode(logits, ancestor_table(hierarchy), size, mode)]
+
+
+def ancestor_table(hierarchy: Hierarchy) -> torch.Tensor:
+    """int64 ``[L, F]``: :func:`fine_ancestors` stacked, as :func:`hierparse.ops.upsample_decode` takes it."""
+    return torch.stack(fine_ancestors(hierarchy))
 
 
 def resize(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -224,6 +233,7 @@ class Predictor:
         self.stride = getattr(model, "output_stride", 8)
         self.device = next(model.parameters()).device
         self.flips = [hierarchy.class_flip(level).to(self.device) for level in range(hierarchy.num_levels)]
+        self.ancestors = ancestor_table(hierarchy)
 
     @torch.no_grad()
     def scores(self, images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -242,8 +252,17 @@ class Predictor:
         """int64 class maps ``[H, W]`` per level, coarse -> fine, of one image's scores ``[C, H, W]``."""
         return [level[0] for level in decode_scores([s[None] for s in scores], self.hierarchy, self.decode_mode)]
 
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`maps` decodes logits in one op: a single view, not sliding windows. TTA and
+        windows average probabilities at full resolution first, so they decode scores instead."""
+        return len(self.inference.views) == 1 and self.inference.mode != "slide"
+
+    @torch.no_grad()
     def maps(self, images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per image, per level: int64 class maps ``[H, W]`` at the image's own size, coarse -> fine."""
+        if self.fused:
+            return self._view(images, *self.inference.views[0], decoded=True)
         return [self.decode(levels) for levels in self.scores(images)]
 
     def _logits(self, batch: torch.Tensor, mirrored: bool) -> list[torch.Tensor]:
@@ -254,9 +273,12 @@ class Predictor:
         offset = self.hierarchy.num_levels - len(logits)  # a flat model predicts the finest level only
         return [level_logits.flip(-1).index_select(1, self.flips[offset + k]) for k, level_logits in enumerate(logits)]
 
-    def _view(self, images: Sequence[torch.Tensor], scale: float, mirrored: bool) -> list[list[torch.Tensor]]:
-        """One augmentation: per image, per level, scores ``[1, C, H, W]`` at the image's size. Images
-        whose padded sizes agree share a forward pass, so an image's parse never depends on its batch."""
+    def _view(self, images: Sequence[torch.Tensor], scale: float, mirrored: bool,
+              decoded: bool = False) -> list[list[torch.Tensor]]:
+        """One augmentation: per image, per level, scores ``[1, C, H, W]`` at the image's size (with
+        ``decoded``: class maps ``[H, W]``). Images whose padded sizes agree share a forward pass, so
+        an image's parse never depends on its batch. Logits go to the image's size in one bilinear
+        step, reading only the part of the canvas the image covers."""
         sizes = [tuple(image.shape[-2:]) for image in images]
         scaled = [self.inference.scaled_size(*size, scale) for size in sizes]
         inputs = [resize(image[None].to(self.device), target)[0] for image, target in zip(images, scaled)]
@@ -269,13 +291,15 @@ class Predictor:
             logits = self._logits(pad_to([inputs[index] for index in group], *canvas), mirrored)
             check_logits(logits, self.hierarchy)
             for position, index in enumerate(group):
-                (h, w), levels = scaled[index], []
-                for level_logits in logits:
-                    one = level_logits[position:position + 1]
-                    if (h, w) != canvas:  # the image fills part of the canvas: crop, then resize
-                        one = resize(one, canvas)[..., :h, :w]
-                    levels.append(node_scores(resize(one, sizes[index]), self.decode_mode))
-                out[index] = levels
+                (h, w), size = scaled[index], sizes[index]
+                covered = None if (h, w) == canvas else (h / canvas[0], w / canvas[1])
+                one = [level_logits[position:position + 1] for level_logits in logits]
+                if decoded:
+                    out[index] = [m[0].long() for m in ops.upsample_decode(one, self.ancestors, size,
+                                                                           self.decode_mode, covered=covered)]
+                else:
+                    out[index] = [node_scores(upsample_logits(x.float(), size, covered=covered), self.decode_mode)
+                                  for x in one]
         return out
 
     def _slide(self, image: torch.Tensor, size: tuple[int, int], mirrored: bool) -> list[torch.Tensor]:

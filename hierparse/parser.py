@@ -226,12 +226,13 @@ class Parser:
     def _parse(self, photos: Sequence[np.ndarray], tensors: Sequence[torch.Tensor], paths: Sequence[Path | None],
                probabilities: bool = False) -> list[Parse]:
         parses = []
-        for photo, path, scores in zip(photos, paths, self.predictor.scores(tensors)):
-            maps = [level.cpu().numpy() for level in self.predictor.decode(scores)]
+        scored = self.predictor.scores(tensors) if probabilities else None
+        decoded = self.predictor.maps(tensors) if scored is None else [self.predictor.decode(s) for s in scored]
+        for index, (photo, path, maps) in enumerate(zip(photos, paths, decoded)):
             probs = None
-            if probabilities:
-                probs = [(s if self.predictor.decode_mode == "tree" else s.exp()).cpu().numpy() for s in scores]
-            parses.append(Parse(self.hierarchy, maps, photo, path, probs))
+            if scored is not None:
+                probs = [(s if self.predictor.decode_mode == "tree" else s.exp()).cpu().numpy() for s in scored[index]]
+            parses.append(Parse(self.hierarchy, [level.cpu().numpy() for level in maps], photo, path, probs))
         return parses
 
     def parse_folder(self, sources: str | Path | Sequence[str | Path], out: str | Path, batch_size: int | None = None,

@@ -34,8 +34,20 @@ def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
+def covered_resize(logits, covered, size):
+    """Plain PyTorch (grid_sample): the top-left ``covered`` fraction of ``logits`` stretched over ``size``,
+    each output pixel sampled at its centre."""
+    height, width = size
+    rows = (torch.arange(height) + 0.5) * 2 * covered[0] / height - 1
+    columns = (torch.arange(width) + 0.5) * 2 * covered[1] / width - 1
+    grid = torch.stack(torch.meshgrid(columns, rows, indexing="xy"), -1)[None]  # [1, H, W, (x, y)]
+    return F.grid_sample(logits, grid.expand(len(logits), -1, -1, -1).to(logits.dtype), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+
+
 def reference_view(model, picture, scaled, canvas, size, mirrored=False):
-    """Plain PyTorch: resize, pad right/bottom, (mirror), run, (mirror back, swap classes), crop, resize, softmax."""
+    """Plain PyTorch: resize, pad right/bottom, (mirror), run, (mirror back, swap classes), then the part
+    of the logits the image covers to its size in one bilinear step, softmax."""
     x = F.interpolate(picture[None], size=scaled, mode="bilinear", align_corners=False) if scaled != tuple(
         picture.shape[-2:]) else picture[None]
     x = F.pad(x, (0, canvas[1] - scaled[1], 0, canvas[0] - scaled[0]))
@@ -45,10 +57,8 @@ def reference_view(model, picture, scaled, canvas, size, mirrored=False):
         if mirrored:
             swap = LIP.class_flip(level)
             level_logits = level_logits.flip(-1)[:, swap]
-        if scaled != canvas:  # padded: back to the canvas, crop the padding off (else straight to the size)
-            level_logits = F.interpolate(level_logits, size=canvas, mode="bilinear", align_corners=False)
-            level_logits = level_logits[..., :scaled[0], :scaled[1]]
-        out.append(F.interpolate(level_logits, size=size, mode="bilinear", align_corners=False).softmax(1)[0])
+        covered = (scaled[0] / canvas[0], scaled[1] / canvas[1])
+        out.append(covered_resize(level_logits, covered, size).softmax(1)[0])
     return out
 
 

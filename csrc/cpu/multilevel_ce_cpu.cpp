@@ -68,10 +68,7 @@ CpuCapability select_capability() {
               " is not a capability; use one of default, avx2, avx512 (supported here: ", supported, ")");
 }
 
-const CpuCapability& capability() {
-  static const CpuCapability selected = select_capability();
-  return selected;
-}
+const CpuCapability& capability() { return cpu::selected_capability(); }
 
 std::string cpu_capability() { return capability().name; }
 
@@ -442,6 +439,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
 }
 
 }  // namespace
+
+const cpu::CpuCapability& cpu::selected_capability() {
+  static const CpuCapability selected = select_capability();
+  return selected;
+}
 
 TORCH_LIBRARY_IMPL(hierparse, CPU, m) {
   m.impl("multilevel_cross_entropy", &multilevel_cross_entropy_cpu);

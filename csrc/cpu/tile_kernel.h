@@ -166,13 +166,23 @@ using UnitKernel = void (*)(const KernelArgs& args, const UpsampleGroup& group, 
 // have none); runs after every unit of the group is done.
 using JoinFn = void (*)(const KernelArgs& args, const UpsampleGroup& group, int64_t unit);
 
+// Rows y_begin .. y_end - 1 of image n of hierparse::upsample_decode (decode_kernel.h); `scratch`
+// holds decode_scratch_bytes(args) bytes, 64-byte aligned.
+struct DecodeArgs;
+using DecodeKernel = void (*)(const DecodeArgs& args, int64_t n, int64_t y_begin, int64_t y_end, void* scratch);
+
 struct CpuCapability {
   const char* name;
   TileKernel run_tile;
   FenceFn fence;
   UnitKernel run_unit;
   JoinFn join_unit;
+  DecodeKernel run_decode;
 };
+
+// The kernels of the best instruction set this CPU runs, or of the one HIERPARSE_CPU_CAPABILITY
+// names (chosen once per process, multilevel_ce_cpu.cpp).
+const CpuCapability& selected_capability();
 
 // The kernels of each instruction set; avx2 and avx512 exist only in x86-64 GCC builds.
 CpuCapability capability_default();

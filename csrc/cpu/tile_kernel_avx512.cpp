@@ -1,4 +1,4 @@
-// The tile and upsampling kernels compiled for AVX-512 F/BW/DQ/VL (x86-64 with GCC; elsewhere this
+// The tile, upsampling and decode kernels compiled for AVX-512 F/BW/DQ/VL (x86-64 with GCC; elsewhere this
 // capability is absent).
 #include "cpu/tile_kernel_isa_begin.h"
 
@@ -10,6 +10,7 @@
 #define HP_BLOCK_VECTORS 2
 #include "cpu/tile_kernel_impl.h"
 #include "cpu/upsample_kernel_impl.h"
+#include "cpu/decode_kernel_impl.h"
 #pragma GCC pop_options
 #endif
 

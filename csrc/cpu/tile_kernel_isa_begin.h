@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/decode_kernel.h"
 #include "cpu/tile_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -16,9 +17,9 @@
 #define HP_X86_GCC 1
 // The kernel of namespace `isa`, or none where this build cannot compile it.
 #define HP_CAPABILITY(name, isa) \
-  CpuCapability { name, &isa::run_tile, &isa::fence, &isa::run_unit, &isa::join_unit }
+  CpuCapability { name, &isa::run_tile, &isa::fence, &isa::run_unit, &isa::join_unit, &isa::run_decode }
 #else
 #define HP_X86_GCC 0
 #define HP_CAPABILITY(name, isa) \
-  CpuCapability { name, nullptr, nullptr, nullptr, nullptr }
+  CpuCapability { name, nullptr, nullptr, nullptr, nullptr, nullptr }
 #endif

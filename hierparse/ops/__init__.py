@@ -64,8 +64,11 @@ if not HAS_EXTENSION:
         stacklevel=2,
     )
 
+from hierparse.ops.decode import upsample_decode  # noqa: E402  (after the library is loaded)
+
 __all__ = [
     "HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "remap_labels", "reference", "tree_min_loss",
+    "upsample_decode",
 ]
 
 

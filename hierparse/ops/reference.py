@@ -200,3 +200,48 @@ def tree_min_loss(
     weights = torch.tensor([1.0] * len(logits) if level_weights is None else list(level_weights), dtype=out_dtype,
                            device=x.device)
     return losses * weights.view(-1, *[1] * (losses.dim() - 1))
+
+
+DECODE_MODES = ("independent", "consistent", "tree")
+
+
+def upsample_logits(x: torch.Tensor, size: Sequence[int], align_corners: bool = False,
+                    covered: Sequence[float] | None = None) -> torch.Tensor:
+    """``x`` resized bilinearly to ``size``; with ``covered`` ``(h, w)`` fractions, only that top-left
+    part of ``x`` is stretched over the output (``upsample_bilinear2d`` with explicit scale factors)."""
+    if covered is None:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    height, width = size
+    return torch.ops.aten.upsample_bilinear2d.default(
+        x, [height, width], False, height / (covered[0] * x.shape[2]), width / (covered[1] * x.shape[3]))
+
+
+def decode_dtypes(logits: Sequence[torch.Tensor], ancestors: torch.Tensor) -> list[torch.dtype]:
+    """Per output level, the dtype of its class map: uint8 where the level's classes fit (a flat
+    model's coarse levels: as many as its finest level at most), else int64."""
+    levels, fine_classes = ancestors.shape
+    flat = len(logits) == 1 and levels > 1
+    classes = [fine_classes] * levels if flat else [x.shape[1] for x in logits]
+    return [torch.uint8 if c <= 256 else torch.int64 for c in classes]
+
+
+def upsample_decode(logits: Sequence[torch.Tensor], ancestors: torch.Tensor, size: Sequence[int],
+                    mode: str = "independent", *, align_corners: bool = False,
+                    covered: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """:func:`hierparse.ops.upsample_decode` in standard PyTorch operators (full-resolution logits):
+    the decomposition that export falls back to. Consistent decoding sums raw logits along each path:
+    log-softmax subtracts one constant per level and pixel, which never changes the winner."""
+    logits = list(logits)
+    flat = len(logits) == 1 and ancestors.shape[0] > 1
+    chain = ancestors.to(logits[0].device)
+    upsampled = [upsample_logits(x, size, align_corners, covered) for x in logits]
+    if mode == "independent" and not flat:
+        maps = [u.argmax(dim=1) for u in upsampled]
+    else:
+        if flat:
+            fine = upsampled[0].argmax(dim=1)
+        else:
+            scores = [torch.sigmoid(u) if mode == "tree" else u for u in upsampled]
+            fine = sum(s.index_select(1, index) for s, index in zip(scores, chain)).argmax(dim=1)
+        maps = [index[fine] for index in chain]
+    return [m.to(dtype) for m, dtype in zip(maps, decode_dtypes(logits, ancestors))]
