@@ -11,7 +11,7 @@ CUDA_VENV := .venv-cuda
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench cuda-check study study-coarse clean
+.PHONY: demo test bench cuda-check gpu-check study study-coarse clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ cuda-check:
 	CPATH="$$($(CUDA_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
 	$(CUDA_PY) setup.py --quiet build_ext --build-lib $(CUDA_VENV)/build --build-temp $(CUDA_VENV)/tmp
 	$(CUDA_PY) tools/cuda_check.py
+
+# The prepared device check, for a machine with an NVIDIA GPU and a CUDA torch already installed
+# (no venv, no internet): builds in place for that card, runs the CUDA tests, the CUDA benchmarks and
+# compute-sanitizer, writes benchmarks/gpu/ (or $$OUT). PYTHON picks the interpreter. See tools/gpu_check.sh.
+gpu-check:
+	PYTHON=$(PYTHON) tools/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info hierparse/_C*.so

@@ -84,6 +84,8 @@ VARIANTS = (
     Variant("stacked_teacher", "(f) stacked, marginal + set-restricted teacher (b)", teacher="stacked_fine"),
     Variant("flat_teacher", "(f) flat + skip, marginal + set-restricted teacher (a)", FLAT, teacher="flat_fine"),
     Variant("stacked_balanced", "(f) stacked, prior-balanced marginal", {"coarse_labels": "balanced"}),
+    Variant("stacked_teacher2", "(f) stacked, marginal + set-restricted teacher (f), a second round",
+            teacher="stacked_teacher"),
     Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person"),
     Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
             teacher="stacked_fine"),
@@ -278,6 +280,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="rewrite the tables from the records there are, training nothing (e.g. after "
                              "several processes each ran a part of the plan)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.fractions = args.fractions or ([0.10] if args.quick else list(FRACTIONS))
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error(f"fractions must lie in (0, 1], got {args.fractions}")
@@ -289,44 +292,69 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class Plan:
+    """The units of a study and their records: which are finished, and the report of those."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.out, self.runs_dir = writable_dir(args.out), writable_dir(args.runs)
+        self.records = writable_dir(self.out / "study_coarse_runs")
+        self.settings, self.pool = (QUICK_SETTINGS, QUICK_POOL) if args.quick else (SETTINGS, POOL)
+        self.command = shlex.join(["python", "benchmarks/study_coarse.py", *args.argv])
+        # what is reported: the whole study, whichever part of it this call trains
+        self.units = planned(args.fractions if args.quick else sorted({*FRACTIONS, *args.fractions}),
+                             max(args.seeds, 1 if args.quick else 3), None)
+
+    def name(self, fraction: float, variant: Variant, seed: int) -> str:
+        return f"f{round(100 * fraction):03d}_{variant.key}_seed{seed}"
+
+    def settings_of(self, fraction: float, variant: Variant, seed: int) -> dict[str, Any]:
+        return unit_settings(fraction, variant, seed, self.settings, self.pool, self.runs_dir)
+
+    def finished(self, fraction: float, variant: Variant, seed: int) -> dict[str, Any] | None:
+        """The unit's record, if it ran with the settings asked for now."""
+        record = study.load_record(self.records / f"{self.name(fraction, variant, seed)}.json")
+        wanted = configuration.resolve(None, study.override_tokens(self.settings_of(fraction, variant, seed)))
+        return record if record is not None and same_unit(record, wanted) else None
+
+    def report(self) -> dict[str, Any] | None:
+        """Tables, plot and JSON of every finished unit of the study; None when none has finished."""
+        runs = [record for unit in self.units if (record := self.finished(*unit)) is not None]
+        if not runs:
+            return None
+        report = {"command": self.command, "settings": self.settings, "pool": self.pool,
+                  "planned_runs": len(self.units), "complete": len(runs) == len(self.units),
+                  "max_iters": runs[0]["config"]["max_iters"], "summary": summarise(runs), "runs": runs}
+        write_text(self.out / "study_coarse.json", to_json(report, indent=1) + "\n")
+        write_text(self.out / "study_coarse.md", markdown(report))
+        plot(report, self.out / "study_coarse.png")
+        return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out, runs_dir = writable_dir(args.out), writable_dir(args.runs)
-    records = writable_dir(out / "study_coarse_runs")
-    settings, pool = (QUICK_SETTINGS, QUICK_POOL) if args.quick else (SETTINGS, POOL)
-    command = shlex.join(["python", "benchmarks/study_coarse.py", *(sys.argv[1:] if argv is None else argv)])
+    plan = Plan(args)
     info = study.machine()
-    units = planned(args.fractions, args.seeds, args.variants)
-    runs = []
-    for fraction, variant, seed in units:
-        name = f"f{round(100 * fraction):03d}_{variant.key}_seed{seed}"
-        path = records / f"{name}.json"
-        wanted = configuration.resolve(None, study.override_tokens(
-            unit_settings(fraction, variant, seed, settings, pool, runs_dir)))
-        record = study.load_record(path)
-        if record is not None and same_unit(record, wanted):
+    for fraction, variant, seed in planned(args.fractions, args.seeds, args.variants):
+        name = plan.name(fraction, variant, seed)
+        if plan.finished(fraction, variant, seed) is not None:
             print(f"=== {name}: done before, skipped", flush=True)
-        elif args.report_only:
             continue
-        else:
-            print(f"=== {name}", flush=True)
-            record = {**run_one(unit_settings(fraction, variant, seed, settings, pool, runs_dir), variant),
-                      "fraction": fraction, "seed": seed, "machine": info}
-            write_text(path, to_json(record, indent=1) + "\n")
-            print(f"=== {name}: part mIoU {100 * record['decode']['independent']['fine_miou']:.2f}, "
-                  f"{record['wall_seconds']:.0f} s", flush=True)
-        runs.append(record)
-        report = {"command": command, "settings": settings, "pool": pool, "planned_runs": len(units),
-                  "complete": len(runs) == len(units), "max_iters": wanted["max_iters"],
-                  "summary": summarise(runs), "runs": runs}
-        write_text(out / "study_coarse.json", to_json(report, indent=1) + "\n")
-        write_text(out / "study_coarse.md", markdown(report))
-        plot(report, out / "study_coarse.png")
-    if not runs:
+        if args.report_only:
+            continue
+        print(f"=== {name}", flush=True)
+        record = {**run_one(plan.settings_of(fraction, variant, seed), variant),
+                  "fraction": fraction, "seed": seed, "machine": info}
+        write_text(plan.records / f"{name}.json", to_json(record, indent=1) + "\n")
+        print(f"=== {name}: part mIoU {100 * record['decode']['independent']['fine_miou']:.2f}, "
+              f"{record['wall_seconds']:.0f} s", flush=True)
+        plan.report()
+    report = plan.report()
+    if report is None:
         print("no run has finished yet")
         return 0
     print(markdown(report))
-    print(f"wrote {out / 'study_coarse.md'}, .png, .json; records in {records}; run directories in {runs_dir}")
+    print(f"wrote {plan.out / 'study_coarse.md'}, .png, .json; records in {plan.records}; "
+          f"run directories in {plan.runs_dir}")
     return 0
 
 

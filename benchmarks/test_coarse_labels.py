@@ -16,12 +16,11 @@ Run: .venv/bin/python -m pytest benchmarks/test_coarse_labels.py --benchmark-onl
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
 import torch
 from test_ops import CLASSES, N, H, W, problem
+from timing import interleaved_medians
 
 from hierparse import load_hierarchy, ops
 
@@ -52,14 +51,7 @@ def test_set_form_cost_interleaved(benchmark, size, one_thread):
             ops.multilevel_cross_entropy(logits, labels, table, set_members=members).sum(), logits)
 
     runs = {name: runner(name) for name in problems}
-    times = {name: [] for name in problems}
-    for round_ in range(ROUNDS):
-        order = list(runs) if round_ % 2 else list(reversed(runs))
-        for name in order:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values[2:]) for name, values in times.items()}
+    median = interleaved_medians(runs, ROUNDS, warmup=2)
     ratios = {name: median[name] / median["exact"] for name in ("declared", "coarse")}
     benchmark.extra_info.update({f"{name}_ms": 1e3 * value for name, value in median.items()},
                                 **{f"{name}_ratio": value for name, value in ratios.items()})

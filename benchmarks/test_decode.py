@@ -11,13 +11,13 @@ Run: .venv/bin/python -m pytest benchmarks/test_decode.py --benchmark-only -s
 
 from __future__ import annotations
 
-import statistics
+import functools
 import textwrap
-import time
 
 import pytest
 import torch
 from peak_memory import run_in_fresh_process
+from timing import interleaved_medians
 
 from hierparse import load_hierarchy, ops
 from hierparse.inference import ancestor_table, decode_scores, node_scores, resize
@@ -59,13 +59,8 @@ def test_speedup_interleaved(benchmark, case, mode):
     torch.set_num_threads(THREADS)
     try:
         hierarchy, logits, size = problem(case)
-        times = {name: [] for name in IMPLEMENTATIONS}
-        for round_ in range(ROUNDS):
-            for name in list(IMPLEMENTATIONS)[round_ % 2:] + list(IMPLEMENTATIONS)[:round_ % 2]:
-                start = time.perf_counter()
-                IMPLEMENTATIONS[name](logits, hierarchy, size, mode)
-                times[name].append(time.perf_counter() - start)
-        median = {name: statistics.median(t[1:]) * 1e3 for name, t in times.items()}
+        runs = {name: functools.partial(decode, logits, hierarchy, size, mode) for name, decode in IMPLEMENTATIONS.items()}
+        median = {name: seconds * 1e3 for name, seconds in interleaved_medians(runs, ROUNDS).items()}
         ratio = median["full_resolution"] / median["fused"]
         benchmark.group = f"decode {case}"
         benchmark.extra_info.update({**{f"{k}_ms": v for k, v in median.items()}, "speedup": ratio})

@@ -14,14 +14,13 @@ Run: .venv/bin/python -m pytest benchmarks/test_fused_upsample.py --benchmark-on
 
 from __future__ import annotations
 
-import statistics
 import textwrap
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from peak_memory import run_in_fresh_process
+from timing import interleaved_medians
 
 from hierparse import ops
 
@@ -82,14 +81,7 @@ def training_steps(logits, labels, table, sync=lambda: None):
 def interleaved_medians(benchmark, steps, where):
     """The implementations in turn (order rotated each round), so load from other jobs hits them
     alike: their median times (ms) and ratios, printed and kept in the benchmark's extra_info."""
-    names = list(steps)
-    times = {name: [] for name in names}
-    for round_ in range(ROUNDS):
-        for name in names[round_ % 3:] + names[:round_ % 3]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(times[name][2:]) * 1e3 for name in names}
+    median = {name: seconds * 1e3 for name, seconds in interleaved_medians(steps, ROUNDS, warmup=2).items()}
     fused = median["fused_upsample"]
     benchmark.extra_info.update({f"{name}_ms": ms for name, ms in median.items()})
     benchmark.extra_info.update(vs_interpolate_fused=median["interpolate_fused"] / fused,

@@ -10,13 +10,12 @@ Run: .venv/bin/python -m pytest benchmarks/test_ops.py --benchmark-only --benchm
 
 from __future__ import annotations
 
-import statistics
 import textwrap
-import time
 
 import pytest
 import torch
 from peak_memory import run_in_fresh_process
+from timing import interleaved_medians
 
 from hierparse import ops
 
@@ -99,15 +98,8 @@ def test_speedup_interleaved(benchmark, mode, device):
                 torch.autograd.grad(fn(logits, labels, table).sum(), logits)
         return synchronized(run, device)
 
-    fused, naive = runner(IMPLEMENTATIONS["fused"]), runner(IMPLEMENTATIONS["naive"])
-    times = {"fused": [], "naive": []}
-    for round_ in range(ROUNDS):
-        for name in (("fused", "naive") if round_ % 2 else ("naive", "fused")):
-            fn = fused if name == "fused" else naive
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    fused_s, naive_s = statistics.median(times["fused"][2:]), statistics.median(times["naive"][2:])
+    median = interleaved_medians({name: runner(IMPLEMENTATIONS[name]) for name in ("fused", "naive")}, ROUNDS, warmup=2)
+    fused_s, naive_s = median["fused"], median["naive"]
     floor = bytes_floor(logits, labels, with_grad=mode != "forward")
     benchmark.extra_info.update(fused_ms=fused_s * 1e3, naive_ms=naive_s * 1e3, speedup=naive_s / fused_s,
                                 fused_GBps=floor / fused_s / 1e9)
@@ -180,13 +172,8 @@ def test_tree_min_speedup_interleaved(benchmark, device):
         return synchronized(lambda: torch.autograd.grad(fn(logits, labels, table, parents).sum(), logits), device)
 
     runs = {"fused": runner(ops.tree_min_loss), "reference": runner(ops.reference.tree_min_loss)}
-    times = {name: [] for name in runs}
-    for round_ in range(TREE_MIN_ROUNDS):
-        for name in (("fused", "reference") if round_ % 2 else ("reference", "fused")):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    fused_s, reference_s = (statistics.median(times[name][1:]) for name in ("fused", "reference"))
+    median = interleaved_medians(runs, TREE_MIN_ROUNDS)
+    fused_s, reference_s = median["fused"], median["reference"]
     benchmark.extra_info.update(fused_ms=fused_s * 1e3, reference_ms=reference_s * 1e3, speedup=reference_s / fused_s)
     print(f"\n{device} tree-min forward+backward: fused {fused_s * 1e3:.1f} ms, reference {reference_s * 1e3:.1f} ms, "
           f"speed-up {reference_s / fused_s:.1f}x ({N * H * W / fused_s / 1e6:.2f} M pixels/s fused)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -111,7 +111,181 @@ def voc_palette(index: int) -> tuple[int, int, int]:
     return (rgb[0], rgb[1], rgb[2])
 
 
-class Hierarchy:
+class LabelTables:
+    """Part of :class:`Hierarchy`: the tables between raw label ids and the classes of each level
+    (what the fused loss, the metrics and the writers of label files read)."""
+
+    def level_targets(self, level: int) -> list[tuple[list[int], list[int]]]:
+        """(raw ids, the classes of ``level`` they stand for) for every class with raw ids, then every
+        union of :meth:`with_unions`: one class (the class that is or contains it) or, for a group above
+        ``level``, its descendants there; a union stands for all its classes' classes, in class order."""
+        level = self._level(level)
+        members = {id(node): i for i, node in enumerate(self._level_nodes[level])}
+        nodes = {}
+        for root in self.roots:
+            for node, ancestors in _walk_with_ancestors(root):
+                holder = next((n for n in (node, *ancestors) if id(n) in members), None)
+                nodes[node.name] = (node, [members[id(holder)]] if holder is not None else
+                                    sorted({members[id(d)] for d in node.walk() if id(d) in members}))
+        targets = [(node.ids, classes) for node, classes in nodes.values() if node.ids]
+        for raw, names in self.unions.items():
+            targets.append(([raw], sorted({c for name in names for c in nodes[name][1]})))
+        return targets
+
+    def label_table(self) -> torch.Tensor:
+        """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere.
+
+        A raw id whose node stands for several classes of a level (a group above it) has the entry
+        ``num_classes[level] + s`` there: row ``s`` of that level in :meth:`set_members`.
+        """
+        table = torch.full((self.num_levels, NUM_RAW_IDS), self.ignore_index, dtype=torch.int64)
+        for level in range(self.num_levels):
+            sets: list[list[int]] = []
+            for ids, classes in self.level_targets(level):
+                if len(classes) == 1:
+                    table[level, ids] = classes[0]
+                else:
+                    table[level, ids] = self.num_classes[level] + len(sets)
+                    sets.append(classes)
+            if self.num_classes[level] <= self.ignore_index < self.num_classes[level] + len(sets):
+                raise ValueError(f"{self.source}: ignore_index {self.ignore_index} collides with class set "
+                                 f"{self.ignore_index - self.num_classes[level]} of level {self.level_names[level]!r} "
+                                 f"(entries {self.num_classes[level]}..{self.num_classes[level] + len(sets) - 1}); "
+                                 "choose a larger ignore_index")
+        return table
+
+    def set_members(self) -> torch.Tensor:
+        """float32 ``[num_levels, S, max classes]``: row ``s`` of a level is 1 at the classes of its
+        set ``s`` (see :meth:`label_table`), 0 elsewhere; ``S`` is the most sets of any level (0 when
+        every raw id is an exact class at every level)."""
+        per_level = [[classes for _, classes in self.level_targets(level) if len(classes) > 1]
+                     for level in range(self.num_levels)]
+        members = torch.zeros(self.num_levels, max(map(len, per_level)), max(self.num_classes))
+        for level, sets in enumerate(per_level):
+            for s, classes in enumerate(sets):
+                members[level, s, classes] = 1.0
+        return members
+
+    def exact_table(self) -> torch.Tensor:
+        """:meth:`label_table` with set entries ignored: what a level is scored on (metrics)."""
+        table = self.label_table()
+        counts = torch.tensor(self.num_classes).unsqueeze(1)
+        return torch.where((table >= counts) & (table != self.ignore_index), self.ignore_index, table)
+
+    def declared_ids(self) -> list[int]:
+        """Raw ids that may appear in annotation files: node ids, ignored ids and ``ignore_index``."""
+        ids = {i for root in self.roots for node in root.walk() for i in node.ids} | set(self.ignore_ids)
+        ids |= set(self.unions)
+        if 0 <= self.ignore_index < NUM_RAW_IDS:
+            ids.add(self.ignore_index)
+        return sorted(ids)
+
+    def fine_to_raw(self) -> torch.Tensor:
+        """uint8 ``[num_fine_classes]``: the first raw id of each finest-level class."""
+        return torch.tensor([node.ids[0] for node in self._level_nodes[-1]], dtype=torch.uint8)
+
+    def to_raw(self, fine_indices):
+        """Map finest-level class indices to raw ids (uint8), as a tensor or a numpy array.
+
+        Pixels equal to ``ignore_index`` stay ``ignore_index``.
+        """
+        as_numpy = isinstance(fine_indices, np.ndarray)
+        indices = torch.as_tensor(fine_indices).long()
+        lookup = self.fine_to_raw().to(indices.device)
+        ignored = indices == self.ignore_index
+        valid = indices[~ignored]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= len(lookup)):
+            bad = valid[(valid < 0) | (valid >= len(lookup))][0].item()
+            raise ValueError(
+                f"fine class index {bad} is outside 0..{len(lookup) - 1} of hierarchy {self.name!r}"
+            )
+        raw = lookup[indices.clamp(0, len(lookup) - 1)]
+        raw[ignored] = self.ignore_index % NUM_RAW_IDS
+        return raw.numpy() if as_numpy else raw
+
+
+class Relabelling:
+    """Part of :class:`Hierarchy`: trees and id maps derived from it: raw ids for unions of classes,
+    coarsened labels, and what mirroring an image does to raw ids and classes."""
+
+    def with_unions(self, unions: Sequence[Sequence[str]]) -> tuple["Hierarchy", dict[tuple[str, ...], int]]:
+        """A copy of this tree in which each union of classes (by name) has a raw id of its own, and
+        that allocation: ids from 254 down among those the tree leaves free. Label maps use it for
+        another dataset's classes that are unions of ours; the copy saves and compares as this tree."""
+        known = {node.name for root in self.roots for node in root.walk()}
+        wanted = sorted({tuple(sorted(set(union))) for union in unions})
+        free = [raw for raw in range(NUM_RAW_IDS - 2, -1, -1) if raw not in set(self.declared_ids())]
+        if len(wanted) > len(free):
+            raise ValueError(f"hierarchy {self.name!r} has {len(free)} free raw ids for {len(wanted)} unions")
+        for union in wanted:
+            unknown = [name for name in union if name not in known]
+            if unknown:
+                raise ValueError(f"hierarchy {self.name!r} has no class {unknown[0]!r} (in the union {list(union)})")
+        extended = copy.copy(self)
+        allocation = dict(zip(wanted, free))
+        extended.unions = {**self.unions, **{raw: union for union, raw in allocation.items()}}
+        nodes = [node for root in self.roots for node in root.walk()]
+        for union in wanted:
+            mirrors = {node.name: mirror_image(node, nodes, self.flip_pairs) for node in nodes if node.name in union}
+            lost = [name for name, mirror in mirrors.items() if mirror is None]
+            if lost:
+                raise ValueError(f"class {lost[0]!r} (in the union {list(union)}) of hierarchy {self.name!r} has no "
+                                 "mirror image with raw ids under its flip pairs")
+            mirrored = tuple(sorted({mirror.name for mirror in mirrors.values()}))
+            if mirrored != union and mirrored not in allocation:
+                raise ValueError(f"the union {list(union)} of hierarchy {self.name!r} has no mirror image "
+                                 f"{list(mirrored)} among the unions")
+        return extended, allocation
+
+    def coarsening(self, level: int | str) -> np.ndarray:
+        """uint8 ``[256]``: each raw id relabelled with the first raw id of its node's ancestor at
+        ``level`` (name or index) when the node lies below that level; other ids unchanged.
+
+        Turns fine annotations into coarse ones (e.g. parts into regions) for studies and tests;
+        raises ValueError naming the group when an ancestor needed has no raw ids.
+        """
+        if isinstance(level, str):
+            if level not in self.level_names:
+                raise ValueError(f"hierarchy {self.name!r} has no level {level!r} (levels: "
+                                 f"{', '.join(self.level_names)})")
+            level = self.level_names.index(level)
+        level = self._level(level)
+        lookup = np.arange(NUM_RAW_IDS, dtype=np.uint8)
+        for root in self.roots:
+            for node, ancestors in _walk_with_ancestors(root):
+                if node.depth <= level or not node.ids:
+                    continue
+                holder = next(a for a in ancestors if a.depth == level)
+                if not holder.ids:
+                    raise ValueError(f"{self.source}: group {holder.name!r} at level {self.level_names[level]!r} "
+                                     "has no raw ids, so labels cannot be coarsened to it; give it 'ids'")
+                lookup[node.ids] = holder.ids[0]
+        return lookup
+
+    def flip_permutation(self) -> torch.Tensor:
+        """int64 ``[256]``: the raw id each raw id becomes when the image is mirrored.
+
+        A group's ids go to the group whose leaves are its leaves mirrored (itself when they are
+        mirror-symmetric, as every group of the built-in trees is).
+        """
+        perm = torch.arange(NUM_RAW_IDS, dtype=torch.int64)
+        nodes = [node for root in self.roots for node in root.walk()]
+        for node in nodes:
+            if node.ids:
+                perm[node.ids] = torch.tensor(mirror_image(node, nodes, self.flip_pairs).ids)
+        union_ids = {union: raw for raw, union in self.unions.items()}
+        for raw, union in self.unions.items():  # with_unions checked that every mirror image exists
+            perm[raw] = union_ids[tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
+                                                for node in nodes if node.name in union}))]
+        return perm
+
+    def class_flip(self, level: int) -> torch.Tensor:
+        """int64 ``[C_level]``: the class of ``level`` each class becomes when the image is mirrored
+        (the swap of leaves that ``flip_pairs`` declares, induced on their ancestors)."""
+        return torch.tensor(level_mirrors(self._level_nodes[self._level(level)], self.flip_pairs), dtype=torch.int64)
+
+
+class Hierarchy(LabelTables, Relabelling):
     """A validated class tree and everything derived from it, coarse level first."""
 
     def __init__(
@@ -190,177 +364,12 @@ class Hierarchy:
         for child in node.children:
             self._collect_parents(child, node, level, coarse, out)
 
-    # ------------------------------------------------------------------ tables
-    def level_targets(self, level: int) -> list[tuple[list[int], list[int]]]:
-        """(raw ids, the classes of ``level`` they stand for) for every class with raw ids, then every
-        union of :meth:`with_unions`: one class (the class that is or contains it) or, for a group above
-        ``level``, its descendants there; a union stands for all its classes' classes, in class order."""
-        level = self._level(level)
-        members = {id(node): i for i, node in enumerate(self._level_nodes[level])}
-        nodes = {}
-        for root in self.roots:
-            for node, ancestors in _walk_with_ancestors(root):
-                holder = next((n for n in (node, *ancestors) if id(n) in members), None)
-                nodes[node.name] = (node, [members[id(holder)]] if holder is not None else
-                                    sorted({members[id(d)] for d in node.walk() if id(d) in members}))
-        targets = [(node.ids, classes) for node, classes in nodes.values() if node.ids]
-        for raw, names in self.unions.items():
-            targets.append(([raw], sorted({c for name in names for c in nodes[name][1]})))
-        return targets
-
-    def with_unions(self, unions: Sequence[Sequence[str]]) -> tuple["Hierarchy", dict[tuple[str, ...], int]]:
-        """A copy of this tree in which each union of classes (by name) has a raw id of its own, and
-        that allocation: ids from 254 down among those the tree leaves free. Label maps use it for
-        another dataset's classes that are unions of ours; the copy saves and compares as this tree."""
-        known = {node.name for root in self.roots for node in root.walk()}
-        wanted = sorted({tuple(sorted(set(union))) for union in unions})
-        free = [raw for raw in range(NUM_RAW_IDS - 2, -1, -1) if raw not in set(self.declared_ids())]
-        if len(wanted) > len(free):
-            raise ValueError(f"hierarchy {self.name!r} has {len(free)} free raw ids for {len(wanted)} unions")
-        for union in wanted:
-            unknown = [name for name in union if name not in known]
-            if unknown:
-                raise ValueError(f"hierarchy {self.name!r} has no class {unknown[0]!r} (in the union {list(union)})")
-        extended = copy.copy(self)
-        allocation = dict(zip(wanted, free))
-        extended.unions = {**self.unions, **{raw: union for union, raw in allocation.items()}}
-        nodes = [node for root in self.roots for node in root.walk()]
-        for union in wanted:
-            mirrors = {node.name: mirror_image(node, nodes, self.flip_pairs) for node in nodes if node.name in union}
-            lost = [name for name, mirror in mirrors.items() if mirror is None]
-            if lost:
-                raise ValueError(f"class {lost[0]!r} (in the union {list(union)}) of hierarchy {self.name!r} has no "
-                                 "mirror image with raw ids under its flip pairs")
-            mirrored = tuple(sorted({mirror.name for mirror in mirrors.values()}))
-            if mirrored != union and mirrored not in allocation:
-                raise ValueError(f"the union {list(union)} of hierarchy {self.name!r} has no mirror image "
-                                 f"{list(mirrored)} among the unions")
-        return extended, allocation
-
-    def label_table(self) -> torch.Tensor:
-        """int64 ``[num_levels, 256]``: raw id -> class index per level, ``ignore_index`` elsewhere.
-
-        A raw id whose node stands for several classes of a level (a group above it) has the entry
-        ``num_classes[level] + s`` there: row ``s`` of that level in :meth:`set_members`.
-        """
-        table = torch.full((self.num_levels, NUM_RAW_IDS), self.ignore_index, dtype=torch.int64)
-        for level in range(self.num_levels):
-            sets: list[list[int]] = []
-            for ids, classes in self.level_targets(level):
-                if len(classes) == 1:
-                    table[level, ids] = classes[0]
-                else:
-                    table[level, ids] = self.num_classes[level] + len(sets)
-                    sets.append(classes)
-            if self.num_classes[level] <= self.ignore_index < self.num_classes[level] + len(sets):
-                raise ValueError(f"{self.source}: ignore_index {self.ignore_index} collides with class set "
-                                 f"{self.ignore_index - self.num_classes[level]} of level {self.level_names[level]!r} "
-                                 f"(entries {self.num_classes[level]}..{self.num_classes[level] + len(sets) - 1}); "
-                                 "choose a larger ignore_index")
-        return table
-
-    def set_members(self) -> torch.Tensor:
-        """float32 ``[num_levels, S, max classes]``: row ``s`` of a level is 1 at the classes of its
-        set ``s`` (see :meth:`label_table`), 0 elsewhere; ``S`` is the most sets of any level (0 when
-        every raw id is an exact class at every level)."""
-        per_level = [[classes for _, classes in self.level_targets(level) if len(classes) > 1]
-                     for level in range(self.num_levels)]
-        members = torch.zeros(self.num_levels, max(map(len, per_level)), max(self.num_classes))
-        for level, sets in enumerate(per_level):
-            for s, classes in enumerate(sets):
-                members[level, s, classes] = 1.0
-        return members
-
-    def exact_table(self) -> torch.Tensor:
-        """:meth:`label_table` with set entries ignored: what a level is scored on (metrics)."""
-        table = self.label_table()
-        counts = torch.tensor(self.num_classes).unsqueeze(1)
-        return torch.where((table >= counts) & (table != self.ignore_index), self.ignore_index, table)
-
-    def declared_ids(self) -> list[int]:
-        """Raw ids that may appear in annotation files: node ids, ignored ids and ``ignore_index``."""
-        ids = {i for root in self.roots for node in root.walk() for i in node.ids} | set(self.ignore_ids)
-        ids |= set(self.unions)
-        if 0 <= self.ignore_index < NUM_RAW_IDS:
-            ids.add(self.ignore_index)
-        return sorted(ids)
-
-    def coarsening(self, level: int | str) -> np.ndarray:
-        """uint8 ``[256]``: each raw id relabelled with the first raw id of its node's ancestor at
-        ``level`` (name or index) when the node lies below that level; other ids unchanged.
-
-        Turns fine annotations into coarse ones (e.g. parts into regions) for studies and tests;
-        raises ValueError naming the group when an ancestor needed has no raw ids.
-        """
-        if isinstance(level, str):
-            if level not in self.level_names:
-                raise ValueError(f"hierarchy {self.name!r} has no level {level!r} (levels: "
-                                 f"{', '.join(self.level_names)})")
-            level = self.level_names.index(level)
-        level = self._level(level)
-        lookup = np.arange(NUM_RAW_IDS, dtype=np.uint8)
-        for root in self.roots:
-            for node, ancestors in _walk_with_ancestors(root):
-                if node.depth <= level or not node.ids:
-                    continue
-                holder = next(a for a in ancestors if a.depth == level)
-                if not holder.ids:
-                    raise ValueError(f"{self.source}: group {holder.name!r} at level {self.level_names[level]!r} "
-                                     "has no raw ids, so labels cannot be coarsened to it; give it 'ids'")
-                lookup[node.ids] = holder.ids[0]
-        return lookup
-
     def colors(self, level: int) -> list[tuple[int, int, int]]:
         """RGB per class of ``level``: the declared colour, else the VOC palette entry of its index."""
         return [
             node.color if node.color is not None else voc_palette(index)
             for index, node in enumerate(self._level_nodes[self._level(level)])
         ]
-
-    def flip_permutation(self) -> torch.Tensor:
-        """int64 ``[256]``: the raw id each raw id becomes when the image is mirrored.
-
-        A group's ids go to the group whose leaves are its leaves mirrored (itself when they are
-        mirror-symmetric, as every group of the built-in trees is).
-        """
-        perm = torch.arange(NUM_RAW_IDS, dtype=torch.int64)
-        nodes = [node for root in self.roots for node in root.walk()]
-        for node in nodes:
-            if node.ids:
-                perm[node.ids] = torch.tensor(mirror_image(node, nodes, self.flip_pairs).ids)
-        union_ids = {union: raw for raw, union in self.unions.items()}
-        for raw, union in self.unions.items():  # with_unions checked that every mirror image exists
-            perm[raw] = union_ids[tuple(sorted({mirror_image(node, nodes, self.flip_pairs).name
-                                                for node in nodes if node.name in union}))]
-        return perm
-
-    def class_flip(self, level: int) -> torch.Tensor:
-        """int64 ``[C_level]``: the class of ``level`` each class becomes when the image is mirrored
-        (the swap of leaves that ``flip_pairs`` declares, induced on their ancestors)."""
-        return torch.tensor(level_mirrors(self._level_nodes[self._level(level)], self.flip_pairs), dtype=torch.int64)
-
-    def fine_to_raw(self) -> torch.Tensor:
-        """uint8 ``[num_fine_classes]``: the first raw id of each finest-level class."""
-        return torch.tensor([node.ids[0] for node in self._level_nodes[-1]], dtype=torch.uint8)
-
-    def to_raw(self, fine_indices):
-        """Map finest-level class indices to raw ids (uint8), as a tensor or a numpy array.
-
-        Pixels equal to ``ignore_index`` stay ``ignore_index``.
-        """
-        as_numpy = isinstance(fine_indices, np.ndarray)
-        indices = torch.as_tensor(fine_indices).long()
-        lookup = self.fine_to_raw().to(indices.device)
-        ignored = indices == self.ignore_index
-        valid = indices[~ignored]
-        if valid.numel() and (valid.min() < 0 or valid.max() >= len(lookup)):
-            bad = valid[(valid < 0) | (valid >= len(lookup))][0].item()
-            raise ValueError(
-                f"fine class index {bad} is outside 0..{len(lookup) - 1} of hierarchy {self.name!r}"
-            )
-        raw = lookup[indices.clamp(0, len(lookup) - 1)]
-        raw[ignored] = self.ignore_index % NUM_RAW_IDS
-        return raw.numpy() if as_numpy else raw
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -447,9 +456,9 @@ class _Validator:
         else:
             roots = [self.node(item, 0, f"classes[{i}]", len(levels)) for i, item in enumerate(classes)]
             roots = [root for root in roots if root is not None]
-        self.check_names_and_ids(roots, ignore_ids, ignore_index, len(levels))
-        flip_pairs = self.flip_pairs(data.get("flip_pairs", []), roots)
-        self.check_mirrored_groups(roots, flip_pairs)
+        check_names_and_ids(roots, ignore_ids, ignore_index, len(levels), self.problem)
+        flip_pairs = read_flip_pairs(data.get("flip_pairs", []), roots, self.problem)
+        check_mirrored_groups(roots, flip_pairs, self.problem)
         if self.problems:
             raise HierarchyError(self.problems)
         return Hierarchy(
@@ -523,103 +532,117 @@ class _Validator:
         self.problem(where, f"color must be [R, G, B] with integers 0..255, got {value!r}")
         return None
 
-    def check_names_and_ids(self, roots, ignore_ids, ignore_index, num_levels) -> None:
-        first: dict[str, ClassNode] = {}
-        owner: dict[int, ClassNode] = {}
-        for root in roots:
-            for node in root.walk():
-                if node.name in first:
-                    self.problem(
+
+def check_names_and_ids(roots: list[ClassNode], ignore_ids: list[int], ignore_index: int, num_levels: int,
+                        problem: Callable[[str, str], None]) -> None:
+    """Report duplicate class names, raw ids claimed twice or colliding with ignored ids, and an
+    ignore_index that is also a class index."""
+    first: dict[str, ClassNode] = {}
+    owner: dict[int, ClassNode] = {}
+    for root in roots:
+        for node in root.walk():
+            if node.name in first:
+                problem(
+                    node.where,
+                    f"duplicate class name {node.name!r} (first used at {first[node.name].where})",
+                )
+            first.setdefault(node.name, node)
+            for raw in node.ids:
+                if raw in owner and owner[raw] is node:
+                    problem(node.where, f"raw id {raw} is listed twice")
+                elif raw in owner:
+                    problem(
                         node.where,
-                        f"duplicate class name {node.name!r} (first used at {first[node.name].where})",
+                        f"raw id {raw} is already claimed by {owner[raw].name!r} at {owner[raw].where}",
                     )
-                first.setdefault(node.name, node)
-                for raw in node.ids:
-                    if raw in owner and owner[raw] is node:
-                        self.problem(node.where, f"raw id {raw} is listed twice")
-                    elif raw in owner:
-                        self.problem(
-                            node.where,
-                            f"raw id {raw} is already claimed by {owner[raw].name!r} at {owner[raw].where}",
-                        )
-                    elif raw in ignore_ids:
-                        self.problem(node.where, f"raw id {raw} is also listed in ignore_ids")
-                    elif raw == ignore_index:
-                        self.problem(node.where, f"raw id {raw} equals ignore_index")
-                    owner.setdefault(raw, node)
-        most_classes = max((len(classes_at_level(roots, level)) for level in range(num_levels)), default=0)
-        if 0 <= ignore_index < most_classes:
-            self.problem("ignore_index", f"{ignore_index} collides with class index {ignore_index}")
+                elif raw in ignore_ids:
+                    problem(node.where, f"raw id {raw} is also listed in ignore_ids")
+                elif raw == ignore_index:
+                    problem(node.where, f"raw id {raw} equals ignore_index")
+                owner.setdefault(raw, node)
+    most_classes = max((len(classes_at_level(roots, level)) for level in range(num_levels)), default=0)
+    if 0 <= ignore_index < most_classes:
+        problem("ignore_index", f"{ignore_index} collides with class index {ignore_index}")
 
-    def flip_pairs(self, value: Any, roots: list[ClassNode]) -> list[tuple[str, str]]:
-        if not isinstance(value, list):
-            self.problem("flip_pairs", f"expected a list of [left, right] pairs, got {value!r}")
-            return []
-        nodes: dict[str, ClassNode] = {}
-        for root in roots:
-            for node in root.walk():
-                nodes.setdefault(node.name, node)  # a duplicate name is reported on its own
-        pairs = []
-        paired: dict[str, str] = {}  # class name -> where it was first paired
-        for i, pair in enumerate(value):
-            where = f"flip_pairs[{i}]"
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                self.problem(where, f"expected [left, right] class names, got {pair!r}")
-                continue
-            ok = True
-            if pair[0] == pair[1]:
-                self.problem(where, f"class {pair[0]!r} is paired with itself")
-                continue
-            for name in pair:
-                if name in paired:
-                    # A class in two pairs would make the flip map a non-permutation.
-                    self.problem(where, f"class {name!r} is already paired in {paired[name]}")
-                    ok = False
-                else:
-                    paired[name] = where
-            for name in pair:
-                if name not in nodes:
-                    self.problem(where, f"unknown class {name!r}")
-                    ok = False
-                elif not nodes[name].is_leaf:
-                    self.problem(where, f"class {name!r} is a group, not a leaf")
-                    ok = False
-            if ok:
-                left, right = len(nodes[pair[0]].ids), len(nodes[pair[1]].ids)
-                # A leaf left without valid ids has been reported already; comparing counts adds noise.
-                if left and right and left != right:
-                    self.problem(
-                        where,
-                        f"{pair[0]!r} and {pair[1]!r} cover different numbers of raw ids ({left} and {right})",
-                    )
-                    ok = False
-            if ok:
-                pairs.append((pair[0], pair[1]))
-        return pairs
+def read_flip_pairs(value: Any, roots: list[ClassNode], problem: Callable[[str, str], None]) -> list[tuple[str, str]]:
+    """The valid [left, right] leaf pairs of ``flip_pairs``; every invalid one reported."""
+    if not isinstance(value, list):
+        problem("flip_pairs", f"expected a list of [left, right] pairs, got {value!r}")
+        return []
+    nodes: dict[str, ClassNode] = {}
+    for root in roots:
+        for node in root.walk():
+            nodes.setdefault(node.name, node)  # a duplicate name is reported on its own
+    pairs = []
+    paired: dict[str, str] = {}  # class name -> where it was first paired
+    for i, pair in enumerate(value):
+        where = f"flip_pairs[{i}]"
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            problem(where, f"expected [left, right] class names, got {pair!r}")
+            continue
+        ok = True
+        if pair[0] == pair[1]:
+            problem(where, f"class {pair[0]!r} is paired with itself")
+            continue
+        for name in pair:
+            if name in paired:
+                # A class in two pairs would make the flip map a non-permutation.
+                problem(where, f"class {name!r} is already paired in {paired[name]}")
+                ok = False
+            else:
+                paired[name] = where
+        for name in pair:
+            if name not in nodes:
+                problem(where, f"unknown class {name!r}")
+                ok = False
+            elif not nodes[name].is_leaf:
+                problem(where, f"class {name!r} is a group, not a leaf")
+                ok = False
+        if ok:
+            left, right = len(nodes[pair[0]].ids), len(nodes[pair[1]].ids)
+            # A leaf left without valid ids has been reported already; comparing counts adds noise.
+            if left and right and left != right:
+                problem(
+                    where,
+                    f"{pair[0]!r} and {pair[1]!r} cover different numbers of raw ids ({left} and {right})",
+                )
+                ok = False
+        if ok:
+            pairs.append((pair[0], pair[1]))
+    return pairs
 
 
-    def check_mirrored_groups(self, roots: list[ClassNode], flip_pairs: list[tuple[str, str]]) -> None:
-        """Every class of every level must have a mirror image in that level (so that a flipped
-        prediction can be swapped back), and a group with raw ids one with as many ids (so that
-        mirroring can relabel its pixels)."""
-        depth = max((node.depth for root in roots for node in root.walk()), default=0)
-        for level in range(depth + 1):
-            classes = classes_at_level(roots, level)
-            for node, mirror in zip(classes, level_mirrors(classes, flip_pairs)):
-                if mirror is None:
-                    self.problem(node.where, "mirroring swaps part of this class's leaves with leaves of other "
-                                 "classes (flip_pairs must pair leaves whose ancestors are mirror images at every level)")
-        nodes = [node for root in roots for node in root.walk()]
-        for node in nodes:
-            if not (node.ids and node.children):
-                continue
-            mirror = mirror_image(node, nodes, flip_pairs)
+def check_mirrored_groups(roots: list[ClassNode], flip_pairs: list[tuple[str, str]],
+                          problem: Callable[[str, str], None]) -> None:
+    """Every class of every level must have a mirror image in that level (so that a flipped
+    prediction can be swapped back), and a group with raw ids one with as many ids (so that
+    mirroring can relabel its pixels)."""
+    depth = max((node.depth for root in roots for node in root.walk()), default=0)
+    for level in range(depth + 1):
+        classes = classes_at_level(roots, level)
+        for node, mirror in zip(classes, level_mirrors(classes, flip_pairs)):
             if mirror is None:
-                self.problem(node.where, "this group has raw ids but no mirror image under flip_pairs (no class "
-                             "covers its leaves with left and right swapped)")
-            elif len(mirror.ids) != len(node.ids):
-                self.problem(node.where, f"this group and its mirror image {mirror.name!r} cover different "
-                             f"numbers of raw ids ({len(node.ids)} and {len(mirror.ids)})")
+                problem(node.where, "mirroring swaps part of this class's leaves with leaves of other "
+                             "classes (flip_pairs must pair leaves whose ancestors are mirror images at every level)")
+    nodes = [node for root in roots for node in root.walk()]
+    for node in nodes:
+        if not (node.ids and node.children):
+            continue
+        mirror = mirror_image(node, nodes, flip_pairs)
+        if mirror is None:
+            problem(node.where, "this group has raw ids but no mirror image under flip_pairs (no class "
+                         "covers its leaves with left and right swapped)")
+        elif len(mirror.ids) != len(node.ids):
+            problem(node.where, f"this group and its mirror image {mirror.name!r} cover different "
+                         f"numbers of raw ids ({len(node.ids)} and {len(mirror.ids)})")
+
+
+def fine_ancestors(hierarchy: Hierarchy) -> list[torch.Tensor]:
+    """int64 per level: for each finest class, the index of the class containing it at that level."""
+    chain = [torch.arange(hierarchy.num_classes[-1])]
+    for level in range(hierarchy.num_levels - 1, 0, -1):
+        chain.insert(0, torch.tensor(hierarchy.parents(level))[chain[0]])
+    return chain
 
 
 def builtin_names() -> list[str]:

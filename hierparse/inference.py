@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hierparse import ops
-from hierparse.hierarchy import Hierarchy
+from hierparse.hierarchy import Hierarchy, fine_ancestors
 from hierparse.ops.reference import upsample_logits
 
 DECODE_MODES = ("independent", "consistent", "tree")
@@ -127,14 +127,6 @@ def first_max(scores: torch.Tensor) -> torch.Tensor:
     """The class of the highest score per pixel (the first on ties), as ``argmax(dim=1)``: ``max``'s
     indices, about 3x faster than ``argmax`` over the channels of an NCHW map on the CPU."""
     return scores.max(dim=1).indices
-
-
-def fine_ancestors(hierarchy: Hierarchy) -> list[torch.Tensor]:
-    """int64 per level: for each finest class, the index of the class containing it at that level."""
-    chain = [torch.arange(hierarchy.num_classes[-1])]
-    for level in range(hierarchy.num_levels - 1, 0, -1):
-        chain.insert(0, torch.tensor(hierarchy.parents(level))[chain[0]])
-    return chain
 
 
 def decode_scores(scores: Sequence[torch.Tensor], hierarchy: Hierarchy, mode: str = "independent") -> list[torch.Tensor]:

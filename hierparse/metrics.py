@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from hierparse.hierarchy import NUM_RAW_IDS, Hierarchy, load_hierarchy
+from hierparse.hierarchy import NUM_RAW_IDS, Hierarchy, fine_ancestors, load_hierarchy
 
-__all__ = ["ParsingMetrics", "format_metrics", "scores_from_confusion"]
+__all__ = ["ConfusionCounts", "ParsingMetrics", "format_metrics", "scores_from_confusion"]
 
 
 def scores_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
@@ -55,36 +55,19 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
     }
 
 
-class ParsingMetrics:
-    """Confusion matrices per level of ``hierarchy``, mergeable across processes.
-
-    ``update(preds, labels)`` takes ``preds`` as a list of class-index maps, one per level (coarse to
-    fine), or as a single finest-level map (e.g. from a flat model), and ``labels`` as raw ids; all of
-    one shape (usually ``[N, H, W]``). Pixels whose label is ignored at a level, or is coarser than it (a group above it), do not count at that
-    level. Do not mix the two forms of ``preds`` between resets.
-    """
+class ConfusionCounts:
+    """The counts behind :class:`ParsingMetrics`: one confusion matrix per level of a hierarchy and
+    three pixel counters, all in one int64 vector, so merging across processes is one sum."""
 
     def __init__(self, hierarchy: Hierarchy | str):
         self.hierarchy = load_hierarchy(hierarchy)
         self.num_classes = self.hierarchy.num_classes
-        self._label_table = self.hierarchy.exact_table()  # a coarse label counts at its own level and above
-        self._fine_to_level = self._fine_class_ancestors()
         # Layout of the count vector: one C*C block per level, then the three scalars below.
         self._offsets = [0]
         for classes in self.num_classes:
             self._offsets.append(self._offsets[-1] + classes * classes)
         self._counts = torch.zeros(self._offsets[-1] + 3, dtype=torch.int64)
 
-    def _fine_class_ancestors(self) -> list[torch.Tensor]:
-        """Per level ``l``: int64 ``[fine classes]`` giving each finest class's ancestor at ``l``."""
-        finest = self.hierarchy.num_levels - 1
-        ancestors = [torch.arange(self.num_classes[finest])]
-        for level in range(finest, 0, -1):
-            parents = torch.tensor(self.hierarchy.parents(level), dtype=torch.int64)
-            ancestors.insert(0, parents[ancestors[0]])
-        return ancestors
-
-    # ------------------------------------------------------------------ state
     def state(self) -> torch.Tensor:
         """All counts as one int64 vector (the live buffer): sum it across processes to merge."""
         return self._counts
@@ -94,7 +77,7 @@ class ParsingMetrics:
         self._check_state(state)
         self._counts = state.to(torch.int64).clone()
 
-    def merge(self, other: "ParsingMetrics") -> None:
+    def merge(self, other: "ConfusionCounts") -> None:
         """Add the counts of ``other`` (same hierarchy) to these."""
         self._check_state(other.state())
         self._counts += other.state().to(self._counts.device)
@@ -137,6 +120,21 @@ class ParsingMetrics:
     def _consistent_pixels(self) -> torch.Tensor:
         return self._counts[-1]
 
+
+class ParsingMetrics(ConfusionCounts):
+    """Confusion matrices per level of ``hierarchy``, mergeable across processes.
+
+    ``update(preds, labels)`` takes ``preds`` as a list of class-index maps, one per level (coarse to
+    fine), or as a single finest-level map (e.g. from a flat model), and ``labels`` as raw ids; all of
+    one shape (usually ``[N, H, W]``). Pixels whose label is ignored at a level, or is coarser than it (a group above it), do not count at that
+    level. Do not mix the two forms of ``preds`` between resets.
+    """
+
+    def __init__(self, hierarchy: Hierarchy | str):
+        super().__init__(hierarchy)
+        self._label_table = self.hierarchy.exact_table()  # a coarse label counts at its own level and above
+        self._fine_to_level = fine_ancestors(self.hierarchy)
+
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
     def update(self, preds: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor) -> None:
@@ -144,7 +142,7 @@ class ParsingMetrics:
         per_level = not isinstance(preds, torch.Tensor)
         pred_list = list(preds) if per_level else [preds]
         levels = range(self.hierarchy.num_levels) if per_level else [self.hierarchy.num_levels - 1]
-        self._check_inputs(pred_list, labels, levels)
+        check_update_inputs(self.hierarchy, pred_list, labels, levels)
         if (self._fine_only_pixels if per_level else self._per_level_pixels).item() > 0:
             given, earlier = ("per-level predictions", "finest-only ones")
             if not per_level:
@@ -177,44 +175,6 @@ class ParsingMetrics:
             self._consistent_pixels.add_(agree.sum())
         else:
             self._fine_only_pixels.add_(labels.numel())
-
-    def _check_inputs(self, preds: list[torch.Tensor], labels: torch.Tensor, levels: Sequence[int]) -> None:
-        """Raise a one-line ValueError for a wrong level count, shape, dtype, device or value."""
-        name = self.hierarchy.name
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels must be an integer tensor of raw ids, got {_describe(labels)}")
-        bad = _first_outside(labels, NUM_RAW_IDS)
-        if bad is not None:
-            raise ValueError(f"labels hold raw id {bad}, outside 0..{NUM_RAW_IDS - 1}")
-        if len(preds) != len(levels):
-            raise ValueError(
-                f"hierarchy {name!r} has {self.hierarchy.num_levels} levels "
-                f"({', '.join(self.hierarchy.level_names)}); got {len(preds)} prediction maps"
-            )
-        for level, pred in zip(levels, preds):
-            level_name = self.hierarchy.level_names[level]
-            if not isinstance(pred, torch.Tensor) or pred.is_floating_point() or pred.is_complex():
-                raise ValueError(
-                    f"prediction for level {level} ({level_name}) must be an integer tensor of class "
-                    f"indices (take argmax of the scores), got {_describe(pred)}"
-                )
-            if pred.shape != labels.shape:
-                raise ValueError(
-                    f"prediction for level {level} ({level_name}) has shape {tuple(pred.shape)}, "
-                    f"labels have shape {tuple(labels.shape)}"
-                )
-            if pred.device != labels.device:
-                raise ValueError(
-                    f"prediction for level {level} ({level_name}) is on {pred.device}, "
-                    f"labels on {labels.device}"
-                )
-            classes = self.num_classes[level]
-            bad = _first_outside(pred, classes)
-            if bad is not None:
-                raise ValueError(
-                    f"prediction for level {level} ({level_name}) holds class index {bad}, "
-                    f"outside 0..{classes - 1}"
-                )
 
     # ------------------------------------------------------------------ results
     def merged_confusion(self, level: int) -> torch.Tensor:
@@ -257,6 +217,45 @@ class ParsingMetrics:
             "pixels": int(confusion.sum()),  # scored at this level: labels exact here (coarser ones are not)
             **scores_from_confusion(confusion),
         }
+
+
+def check_update_inputs(hierarchy: Hierarchy, preds: list[torch.Tensor], labels: torch.Tensor,
+                        levels: Sequence[int]) -> None:
+    """Raise a one-line ValueError for a wrong level count, shape, dtype, device or value."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor of raw ids, got {_describe(labels)}")
+    bad = _first_outside(labels, NUM_RAW_IDS)
+    if bad is not None:
+        raise ValueError(f"labels hold raw id {bad}, outside 0..{NUM_RAW_IDS - 1}")
+    if len(preds) != len(levels):
+        raise ValueError(
+            f"hierarchy {hierarchy.name!r} has {hierarchy.num_levels} levels "
+            f"({', '.join(hierarchy.level_names)}); got {len(preds)} prediction maps"
+        )
+    for level, pred in zip(levels, preds):
+        level_name = hierarchy.level_names[level]
+        if not isinstance(pred, torch.Tensor) or pred.is_floating_point() or pred.is_complex():
+            raise ValueError(
+                f"prediction for level {level} ({level_name}) must be an integer tensor of class "
+                f"indices (take argmax of the scores), got {_describe(pred)}"
+            )
+        if pred.shape != labels.shape:
+            raise ValueError(
+                f"prediction for level {level} ({level_name}) has shape {tuple(pred.shape)}, "
+                f"labels have shape {tuple(labels.shape)}"
+            )
+        if pred.device != labels.device:
+            raise ValueError(
+                f"prediction for level {level} ({level_name}) is on {pred.device}, "
+                f"labels on {labels.device}"
+            )
+        classes = hierarchy.num_classes[level]
+        bad = _first_outside(pred, classes)
+        if bad is not None:
+            raise ValueError(
+                f"prediction for level {level} ({level_name}) holds class index {bad}, "
+                f"outside 0..{classes - 1}"
+            )
 
 
 def _first_outside(values: torch.Tensor, stop: int) -> int | None:

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.utils.data
 from PIL import Image
-from tqdm import tqdm
 
 from hierparse.data.dataset import read_image, to_rgb
 from hierparse.data.transforms import ToTensor
@@ -240,6 +239,7 @@ class Parser:
                      overlay: bool = False, progress: bool = True) -> FolderReport:
         """Parse image files, folders and glob patterns into ``out``, streaming (memory stays flat):
         unreadable files are reported and skipped; ``skip_existing`` leaves images with outputs alone."""
+        from tqdm import tqdm  # a progress bar: loaded here, so that import hierparse needs no tqdm
         found = find_images([sources] if isinstance(sources, (str, Path)) else sources, recursive)
         out = writable_dir(out)
         report = FolderReport()

@@ -29,21 +29,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hierparse import config as configuration
 from hierparse.data import build_dataset, train_transform
-from hierparse.data.mixture import build_mixture, exact_pixel_counts, label_hierarchy, source_maps
+from hierparse.data.mixture import build_mixture, label_hierarchy, source_maps
 from hierparse.engine import distributed
-from hierparse.engine.checkpoint import (FORMAT, build_from_config, capture_rng, checkpoint_hierarchy,
-                                        load_checkpoint, model_config, restore_rng)
+from hierparse.engine.checkpoint import (FORMAT, capture_rng, checkpoint_hierarchy, load_checkpoint, model_config,
+                                        restore_rng)
 from hierparse.engine.command import run_command
 from hierparse.engine.io import save_torch, write_text, writable_dir
 from hierparse.engine.run_log import RunLog
 from hierparse.engine.sampling import EpochSampler, SeededSamples
-from hierparse.engine.teacher import SetTeacher
+from hierparse.engine.solver import Solver
 from hierparse.engine.visualize import plot_curves
 from hierparse.evaluate import (build_eval_dataset, eval_loader, evaluate_model, map_option, require_samples,
                                 save_sample_grid)
 from hierparse.hierarchy import load_hierarchy
 from hierparse.inference import Inference
-from hierparse.losses import OHEM, HierarchicalLoss
 from hierparse.metrics import format_metrics
 
 
@@ -70,31 +69,6 @@ def resolve_amp(amp: str | None, device: torch.device) -> str | None:
 
 class TrainingDiverged(ValueError):
     """A non-finite loss; the message names the iteration and the level."""
-
-
-class PolyWarmup:
-    """Learning-rate factor: linear warm-up from ``warmup_factor`` to 1, then ``(1 - it / max_iters) ** power``."""
-
-    def __init__(self, max_iters: int, warmup_iters: int, warmup_factor: float, power: float):
-        self.max_iters, self.warmup_iters = max_iters, warmup_iters
-        self.warmup_factor, self.power = warmup_factor, power
-
-    def __call__(self, iteration: int) -> float:
-        decay = max(0.0, 1 - iteration / self.max_iters) ** self.power
-        if iteration < self.warmup_iters:
-            progress = iteration / self.warmup_iters
-            return decay * (self.warmup_factor + (1 - self.warmup_factor) * progress)
-        return decay
-
-
-def build_optimizer(model: torch.nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW; no weight decay on norm weights and biases (1-d parameters)."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    plain = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    groups = [{"params": decayed, "weight_decay": config["weight_decay"]}, {"params": plain, "weight_decay": 0.0}]
-    if config["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
-    return torch.optim.AdamW(groups, lr=config["lr"])
 
 
 def cpu_threads(config: dict[str, Any]) -> int:
@@ -140,12 +114,107 @@ def run_directory_files(out: Path, config: dict[str, Any], hierarchy, log: RunLo
         raise PermissionError(message)
 
 
+def build_datasets(config: dict[str, Any], hierarchy, label_tree) -> tuple[torch.utils.data.Dataset, ...]:
+    """The training set (augmented crops; one source or a mixture) and the validation set of a config."""
+    augment = train_transform(label_tree, config["crop_size"], scale=tuple(config["train_scale"]))
+    if config["datasets"] is not None:
+        train_set = build_mixture(config["datasets"], hierarchy, augment, config["crop_size"], config["train_split"])
+    else:
+        options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
+        train_set = require_samples(
+            build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=hierarchy,
+                          transform=augment, size=config["crop_size"], **options, **map_option(config)),
+            config, config["train_split"])
+    return train_set, build_eval_dataset(config, hierarchy, config["val_split"])
+
+
+def checkpoint_to_resume(config: dict[str, Any], hierarchy) -> dict[str, Any] | None:
+    """``out/last.pt`` when the config resumes (checked against the hierarchy and the model), else None."""
+    if not config["resume"]:
+        return None
+    path = Path(config["out"]) / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist (train without resume first)")
+    checkpoint = load_checkpoint(path)
+    checkpoint_hierarchy(checkpoint, path, hierarchy)
+    if checkpoint["model_config"] != model_config(config):
+        raise ValueError(f"cannot resume: {path} holds a model {checkpoint['model_config']}, "
+                         f"the config asks for {model_config(config)}")
+    return checkpoint
+
+
+def wrap_model(model: torch.nn.Module, config: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The module that trains: the model, under DDP with several processes, compiled on request."""
+    if distributed.world_size() > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if config["compile"] else model
+
+
+def check_finite(losses: torch.Tensor, iteration: int, level_names: list[str], saved: str) -> None:
+    """Raise :class:`TrainingDiverged` naming the first level whose loss is not finite."""
+    if not torch.isfinite(losses).all():
+        level = int((~torch.isfinite(losses)).nonzero()[0])
+        raise TrainingDiverged(
+            f"the loss of level {level} ({level_names[level]}) is {losses[level].item()} at iteration "
+            f"{iteration}; training stopped, {saved} (try a lower lr)")
+
+
+def batches_per_epoch(sampler: EpochSampler, images: int, batch_size: int) -> int:
+    batches = sampler.num_samples // batch_size
+    if batches == 0:
+        raise ValueError(f"the training split has {images} images, fewer than one batch of {batch_size} per "
+                         f"process ({distributed.world_size()} processes); lower batch_size")
+    return batches
+
+
+def training_loader(train_set, sampler: EpochSampler, config: dict[str, Any],
+                    device: torch.device) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        SeededSamples(train_set, config["seed"]), batch_size=config["batch_size"], sampler=sampler,
+        num_workers=config["workers"], pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=config["workers"] > 0,
+        generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
+    )
+
+
+class Validation:
+    """The periodic evaluation of a run: the validation split scored without test-time views, and its
+    sample grid."""
+
+    def __init__(self, config: dict[str, Any], label_tree, val_set, device: torch.device):
+        self.label_tree, self.val_set, self.device, self.decode = label_tree, val_set, device, config["decode"]
+        self.loader = eval_loader(val_set, config, device)
+        self.inference = Inference.from_config(config, tta=False)
+
+    def score(self, model: torch.nn.Module) -> dict[str, Any]:
+        return evaluate_model(model, self.loader, self.label_tree, self.device, self.decode, self.inference)
+
+    def sample_grid(self, model: torch.nn.Module, path: Path) -> None:
+        save_sample_grid(model, self.val_set, self.label_tree, self.device, self.decode, path, inference=self.inference)
+
+
+def run_banner(config: dict[str, Any], train_set, hierarchy, device: torch.device, amp: str | None) -> list[str]:
+    """The first lines of a run: model, data, schedule, device, precision, run directory; label maps read through."""
+    data = config["dataset"] if config["datasets"] is None else f"{len(config['datasets'])} sources"
+    maps = ([f"{config['root']} through {train_set.label_map.describe()}"] if config["map"] is not None else
+            [label_map.describe() for label_map in source_maps(config["datasets"])])
+    return [f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
+            f"on {data} ({len(train_set)} images, hierarchy {hierarchy.name}) for {config['max_iters']} iterations of "
+            f"{config['batch_size']}x{distributed.world_size()} images; {device}, {torch.get_num_threads()} threads, "
+            f"{amp or 'float32'}{', channels_last' if config['channels_last'] else ''}"
+            f"{', compiled' if config['compile'] else ''}; run directory {config['out']}",
+            *(f"reading {source}" for source in maps)]
+
+
 class Trainer:
     """One training run: builds data, model and solver from a config, then trains, evaluates and checkpoints.
 
     ``run()`` trains to ``max_iters``; ``train_step`` is one optimiser step; ``evaluate_and_checkpoint``
-    scores the validation split and writes ``last.pt``/``best.pt``, curves and samples. What is
-    reported along the way goes through :class:`~hierparse.engine.run_log.RunLog` (``self.log``).
+    scores the validation split and writes ``last.pt``/``best.pt``, curves and samples. The model and
+    what updates it are a :class:`~hierparse.engine.solver.Solver` (``self.solver``); what is reported
+    along the way goes through :class:`~hierparse.engine.run_log.RunLog` (``self.log``).
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -162,100 +231,31 @@ class Trainer:
         self.hierarchy = load_hierarchy(config["hierarchy"])
         # the training labels' tree: the hierarchy, with raw ids for the unions of the sources' label maps
         self.label_tree = label_hierarchy(config["datasets"], self.hierarchy, config["map"])
-        self.train_set, self.val_set = self._datasets()
-        checkpoint = self._checkpoint_to_resume()
+        self.train_set, self.val_set = build_datasets(config, self.hierarchy, self.label_tree)
+        checkpoint = checkpoint_to_resume(config, self.hierarchy)
 
         seed_everything(config["seed"] + self.rank)
-        self._build_solver()
+        self.solver = Solver(config, self.hierarchy, self.label_tree, self.train_set, self.device,
+                             self.memory_format, self.amp)
+        self.model, self.loss = self.solver.model, self.solver.loss
+        self.level_names = self.model.level_names
         self.iteration, self.best_miou, self.result = 0, -math.inf, None
         if checkpoint is not None:
             self._restore(checkpoint)
         self.saved_iteration = self.iteration if checkpoint is not None else None
-        self.network = self._wrap_model()
+        self.network = wrap_model(self.model, config, self.device)
         self.sampler = EpochSampler(self.train_set, self.world, self.rank, config["seed"])
-        self.iters_per_epoch = self.sampler.num_samples // config["batch_size"]
-        if self.iters_per_epoch == 0:
-            raise ValueError(
-                f"the training split has {len(self.train_set)} images, fewer than one batch of "
-                f"{config['batch_size']} per process ({self.world} processes); lower batch_size")
+        self.iters_per_epoch = batches_per_epoch(self.sampler, len(self.train_set), config["batch_size"])
         # only once everything above is known to work: no half-made run directory
         run_directory_files(self.out, config, self.hierarchy, self.log)
-        self.train_loader = torch.utils.data.DataLoader(
-            SeededSamples(self.train_set, config["seed"]), batch_size=config["batch_size"], sampler=self.sampler,
-            num_workers=config["workers"], pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=config["workers"] > 0,
-            generator=torch.Generator(),  # keeps the global random stream untouched (exact resume)
-        )
-        self.val_loader = eval_loader(self.val_set, config, self.device)
-        self.inference = Inference.from_config(config, tta=False)  # periodic evaluation without test-time views
+        self.train_loader = training_loader(self.train_set, self.sampler, config, self.device)
+        self.validation = Validation(config, self.label_tree, self.val_set, self.device)
         self.log.open_events(self.iteration, resumed=checkpoint is not None)
         if checkpoint is not None:  # last, so that nothing above shifts the restored random streams
             restore_rng(checkpoint["rng"][self.rank % len(checkpoint["rng"])])
 
-    # ------------------------------------------------------------------ set-up
-    def _datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-        config = self.config
-        options = {"n": config["synthetic_train_images"]} if config["dataset"] == "synthetic" else {}
-        augment = train_transform(self.label_tree, config["crop_size"], scale=tuple(config["train_scale"]))
-        if config["datasets"] is not None:
-            return (build_mixture(config["datasets"], self.hierarchy, augment, config["crop_size"], config["train_split"]),
-                    build_eval_dataset(config, self.hierarchy, config["val_split"]))
-        train_set = build_dataset(config["dataset"], config["root"], config["train_split"], hierarchy=self.hierarchy,
-                                  transform=augment, size=config["crop_size"], **options, **map_option(config))
-        return (require_samples(train_set, config, config["train_split"]),
-                build_eval_dataset(config, self.hierarchy, config["val_split"]))
-
-    def _checkpoint_to_resume(self) -> dict[str, Any] | None:
-        if not self.config["resume"]:
-            return None
-        path = self.out / "last.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist (train without resume first)")
-        checkpoint = load_checkpoint(path)
-        checkpoint_hierarchy(checkpoint, path, self.hierarchy)
-        if checkpoint["model_config"] != model_config(self.config):
-            raise ValueError(f"cannot resume: {path} holds a model {checkpoint['model_config']}, "
-                             f"the config asks for {model_config(self.config)}")
-        return checkpoint
-
-    def _build_solver(self) -> None:
-        """Model, loss, optimiser, learning-rate schedule and (fp16) gradient scaler."""
-        config = self.config
-        self.model = build_from_config(self.hierarchy, model_config(config), config["pretrained"]).to(
-            self.device, memory_format=self.memory_format)
-        self.level_names = self.model.level_names
-        self.loss = HierarchicalLoss(self.label_tree, level_weights=config["level_weights"],
-                                     class_weights=config["class_weights"],
-                                     label_smoothing=config["label_smoothing"],
-                                     ohem=OHEM.from_config(config["ohem"]), loss=config["loss"],
-                                     focal_gamma=config["focal_gamma"],
-                                     coarse_labels=config["coarse_labels"],
-                                     class_pixels=exact_pixel_counts(self.train_set) if config["coarse_labels"] == "balanced"
-                                     else None).to(self.device)
-        self.teacher = SetTeacher.from_config(config["teacher"], self.label_tree, self.device)
-        if self.teacher is not None:
-            self.teacher.model.to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
-                                       config["poly_power"]))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-
-    def _wrap_model(self) -> torch.nn.Module:
-        """The module that trains: the model, under DDP with several processes, compiled on request."""
-        network: torch.nn.Module = self.model
-        if self.world > 1:
-            if self.device.type == "cuda":
-                network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
-            network = DistributedDataParallel(
-                network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return torch.compile(network) if self.config["compile"] else network
-
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.solver.restore(checkpoint)
         self.iteration, self.best_miou = checkpoint["iteration"], checkpoint["best_miou"]
         self.log.restore(self.iteration)
         if checkpoint["amp"] != self.amp:  # amp auto on a machine with(out) native bfloat16
@@ -267,27 +267,15 @@ class Trainer:
         """One optimiser step; returns the per-level losses averaged over processes (detached)."""
         images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = batch["label"].to(self.device, non_blocking=True)
-        if self.teacher is not None:
-            labels = self.teacher.relabel(images, labels)
+        labels = self.solver.targets(images, labels)
         with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp], enabled=self.amp is not None):
             logits = self.network(images)
         losses = self.loss([scores.float() for scores in logits], labels)
-        reported = losses.detach().clone()
-        if self.world > 1:
-            torch.distributed.all_reduce(reported)
-            reported /= self.world
-        if not torch.isfinite(reported).all():
-            level = int((~torch.isfinite(reported)).nonzero()[0])
-            kept = ("no checkpoint was written" if self.saved_iteration is None else
-                    f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is intact")
-            raise TrainingDiverged(
-                f"the loss of level {level} ({self.level_names[level]}) is {reported[level].item()} at iteration "
-                f"{self.iteration + 1}; training stopped, {kept} (try a lower lr)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses.sum()).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        reported = distributed.mean_over_processes(losses)
+        check_finite(reported, self.iteration + 1, self.level_names,
+                     "no checkpoint was written" if self.saved_iteration is None else
+                     f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is intact")
+        self.solver.update(losses)
         self.iteration += 1
         return reported
 
@@ -297,18 +285,8 @@ class Trainer:
         if self.iteration >= config["max_iters"]:
             self.log.print(f"{self.out / 'last.pt'} is already at iteration {self.iteration} of {config['max_iters']}")
             return
-        data = config["dataset"] if config["datasets"] is None else f"{len(config['datasets'])} sources"
-        self.log.print(
-            f"training {'stacked' if config['stacked'] else 'flat'} {config['backbone']}/{config['head']} "
-            f"on {data} ({len(self.train_set)} images, hierarchy {self.hierarchy.name}) "
-            f"for {config['max_iters']} iterations of {config['batch_size']}x{self.world} images; "
-            f"{self.device}, {torch.get_num_threads()} threads, {self.amp or 'float32'}"
-            f"{', channels_last' if config['channels_last'] else ''}{', compiled' if config['compile'] else ''}; "
-            f"run directory {self.out}")
-        if config["map"] is not None:
-            self.log.print(f"reading {config['root']} through {self.train_set.label_map.describe()}")
-        for label_map in source_maps(config["datasets"]):
-            self.log.print(f"reading {label_map.describe()}")
+        for line in run_banner(config, self.train_set, self.hierarchy, self.device, self.amp):
+            self.log.print(line)
         self.log.start_progress(self.iteration)
         window = LossWindow(len(self.level_names))
         while self.iteration < config["max_iters"]:
@@ -321,8 +299,7 @@ class Trainer:
                 finished = self.iteration >= config["max_iters"]
                 if self.iteration % config["log_interval"] == 0 or finished:
                     losses, steps, seconds = window.flush()
-                    self.log.training(self.iteration, dict(zip(self.level_names, losses)),
-                                      self.optimizer.param_groups[0]["lr"],
+                    self.log.training(self.iteration, dict(zip(self.level_names, losses)), self.solver.lr,
                                       steps * config["batch_size"] * self.world / seconds)
                 if self.iteration % config["eval_interval"] == 0 or finished:
                     self.evaluate_and_checkpoint()
@@ -333,12 +310,11 @@ class Trainer:
     def evaluate_and_checkpoint(self) -> None:
         """Score the validation split, write ``last.pt`` (and ``best.pt`` on a new best finest-level
         mIoU), the curves and the sample grid."""
-        if self.world > 1:  # each process updated its norm statistics on its own last batch: use rank 0's,
-            for buffer in self.model.buffers():  # as DDP's next forward would and the checkpoint holds
-                torch.distributed.broadcast(buffer, src=0)
+        # each process updated its norm statistics on its own last batch: use rank 0's, as DDP's next
+        # forward would and the checkpoint holds
+        distributed.broadcast_buffers(self.model)
         # the plain model: a compiled one would recompile for evaluation (eval mode, other batch sizes)
-        self.result = result = evaluate_model(self.model, self.val_loader, self.label_tree, self.device,
-                                              self.config["decode"], self.inference)
+        self.result = result = self.validation.score(self.model)
         fine_miou = result["levels"][-1]["miou"]
         improved = not math.isnan(fine_miou) and fine_miou > self.best_miou
         if improved:
@@ -347,20 +323,15 @@ class Trainer:
         if not self.main:
             return
         self.log.evaluation(self.iteration, result, improved)
-        checkpoint = {
-            "format": FORMAT, "hierarchy_yaml": self.hierarchy.to_yaml(), "model_config": model_config(self.config),
-            "config": self.config, "iteration": self.iteration, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng, "best_miou": self.best_miou, "metrics": result,
-            "amp": self.amp,
-        }
+        checkpoint = {"format": FORMAT, "hierarchy_yaml": self.hierarchy.to_yaml(), "config": self.config,
+                      "model_config": model_config(self.config), "iteration": self.iteration, **self.solver.state(),
+                      "rng": rng, "best_miou": self.best_miou, "metrics": result, "amp": self.amp}
         save_torch(checkpoint, self.out / "last.pt")
         self.saved_iteration = self.iteration
         if improved:
             save_torch(checkpoint, self.out / "best.pt")
         plot_curves(self.log.history, self.hierarchy.level_names, self.out)
-        save_sample_grid(self.model, self.val_set, self.label_tree, self.device, self.config["decode"],
-                         self.out / "samples.png", inference=self.inference)
+        self.validation.sample_grid(self.model, self.out / "samples.png")
 
     @property
     def history(self) -> list[dict[str, Any]]:

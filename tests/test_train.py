@@ -16,7 +16,8 @@ from hierparse.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from hierparse.engine.sampling import EpochSampler, SeededSamples
 from hierparse.data import DATASETS, build_dataset
 from hierparse import config as configuration
-from hierparse.train import PolyWarmup, Trainer, resolve_amp, train as run_training
+from hierparse.engine.solver import PolyWarmup
+from hierparse.train import Trainer, resolve_amp, train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "8",

@@ -98,6 +98,31 @@ def test_downsampling_and_equal_sizes_also_match():
         assert_maps_equal(got, float64_decode(logits, LIP, size, "consistent"))
 
 
+CUDA_CASES = [  # logit sizes per level, output size, align_corners, covered
+    ([(8, 7), (8, 7), (15, 13)], (37, 53), False, None),
+    ([(60, 60), (60, 60), (119, 119)], (473, 473), False, None),
+    ([(9, 11)] * 3, (64, 64), True, None),
+    ([(12, 12)] * 3, (81, 70), False, (10, 9)),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_gives_the_cpu_maps(mode, dtype):
+    """The CUDA kernel (one thread per pixel, the same per-pixel decision) against the CPU op, which
+    the tests above hold to the float64 decode; a flat model too."""
+    for index, (sizes, size, align_corners, covered) in enumerate(CUDA_CASES):
+        logits = random_logits(LIP, sizes, seed=20 + index, dtype=dtype)
+        for levels in (logits, logits[-1:]):
+            cpu = ops.upsample_decode(levels, ancestor_table(LIP), size, mode, align_corners=align_corners,
+                                      covered=covered)
+            gpu = ops.upsample_decode([x.cuda() for x in levels], ancestor_table(LIP), size, mode,
+                                      align_corners=align_corners, covered=covered)
+            assert all(m.is_cuda and m.dtype == c.dtype for m, c in zip(gpu, cpu))
+            assert_maps_equal([m.cpu() for m in gpu], cpu)
+
+
 def test_exact_ties_go_to_the_lowest_class():
     logits = random_logits(LIP, [(4, 4)] * 3, seed=8)
     for x in logits:

@@ -140,8 +140,9 @@ def _lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[flo
     return (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t)
 
 
-class _Person:
-    """One person: outfit, pose and placement, drawn in the body frame (height 1, x = own left)."""
+class _Body:
+    """One person's outfit, pose and placement, and the geometry of the body frame (height 1,
+    x = own left); :class:`_Person` draws it."""
 
     def __init__(
         self,
@@ -223,7 +224,10 @@ class _Person:
     def px(self, width: float) -> float:
         return width * self.x_scale
 
-    # ---------------------------------------------------------------- drawing
+
+class _Person(_Body):
+    """One person, drawn part by part onto a canvas (in the order that makes the right parts occlude)."""
+
     def draw(self, canvas: _Canvas) -> None:
         if self.long_hair and not self.facing_back and not self.bald:
             self.draw_long_hair(canvas)

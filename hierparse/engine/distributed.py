@@ -73,3 +73,19 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes, as a new tensor (a copy without a process group)."""
+    total = tensor.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(total)
+        total /= world_size()
+    return total
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers of ``module`` (norm statistics)."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

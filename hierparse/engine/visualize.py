@@ -8,11 +8,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-
 from hierparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hierparse.engine.io import atomic_write
 from hierparse.hierarchy import Hierarchy
+
+
+def new_figure(**options: Any):
+    """A matplotlib ``Figure`` (no display needed); matplotlib loads only when a picture is made."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
@@ -34,7 +39,7 @@ def save_panels(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], pat
     """A grid of RGB panels (one list per row, ``titles`` over the first row) saved as a PNG, atomically."""
     columns = len(titles)
     height, width = rows[0][0].shape[:2]
-    figure = Figure(figsize=(columns * panel_inches, len(rows) * panel_inches * height / width + 0.3))
+    figure = new_figure(figsize=(columns * panel_inches, len(rows) * panel_inches * height / width + 0.3))
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for row_index, row in enumerate(rows):
         for column, panel in enumerate(row):
@@ -54,7 +59,7 @@ def plot_curves(history: Sequence[dict[str, Any]], level_names: Sequence[str], o
     train = [record for record in history if record["type"] == "train"]
     evals = [record for record in history if record["type"] == "eval"]
     if train:
-        figure = Figure(figsize=(6, 4))
+        figure = new_figure(figsize=(6, 4))
         axis = figure.add_subplot()
         steps = [record["iter"] for record in train]
         axis.plot(steps, [record["loss"] for record in train], color="black", label="total")
@@ -66,7 +71,7 @@ def plot_curves(history: Sequence[dict[str, Any]], level_names: Sequence[str], o
         figure.tight_layout()
         atomic_write(out_dir / "loss.png", lambda temporary: figure.savefig(temporary, format="png", dpi=100))
     if evals:
-        figure = Figure(figsize=(6, 4))
+        figure = new_figure(figsize=(6, 4))
         axis = figure.add_subplot()
         steps = [record["iter"] for record in evals]
         for index, name in enumerate(level_names):
