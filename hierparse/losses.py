@@ -114,6 +114,37 @@ class OHEM:
         return valid & (target_probability < torch.clamp(floor, min=self.threshold))
 
 
+def resolve_level_weights(level_weights: Sequence[float] | str | None, hierarchy: Hierarchy) -> list[float] | None:
+    """One float per level from a list, ``"fine"`` (:func:`fine_level_weights`) or None (all 1)."""
+    levels = hierarchy.num_levels
+    if isinstance(level_weights, str):
+        if level_weights != "fine":
+            raise ValueError(f"level_weights must be a list, null or 'fine', got {level_weights!r}")
+        level_weights = fine_level_weights(levels)
+    if level_weights is not None and len(level_weights) != levels:
+        raise ValueError(f"got {len(level_weights)} level weights for the {levels} levels of {hierarchy.name!r}")
+    return None if level_weights is None else [float(w) for w in level_weights]
+
+
+def class_weight_tensors(class_weights: Sequence[torch.Tensor | Sequence[float] | None] | None,
+                         hierarchy: Hierarchy) -> list[torch.Tensor]:
+    """float32 ``[C_l]`` per level (ones for a None entry); an empty list for no class weights."""
+    if class_weights is None:
+        return []
+    if len(class_weights) != hierarchy.num_levels:
+        raise ValueError(f"got {len(class_weights)} class-weight entries for the {hierarchy.num_levels} levels "
+                         f"of {hierarchy.name!r}")
+    tensors = []
+    for level, weights in enumerate(class_weights):
+        count = hierarchy.num_classes[level]
+        tensor = torch.ones(count) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        if tensor.shape != (count,):
+            raise ValueError(f"class weights of level {level} ({hierarchy.level_names[level]}) have "
+                             f"{tensor.numel()} entries but the level has {count} classes")
+        tensors.append(tensor)
+    return tensors
+
+
 class HierarchicalLoss(nn.Module):
     """Per-level losses of a stacked model's logits against raw uint8 labels.
 
@@ -160,15 +191,7 @@ class HierarchicalLoss(nn.Module):
         self.hierarchy = load_hierarchy(hierarchy)
         levels = self.hierarchy.num_levels
         self.parents = [self.hierarchy.parents(level) for level in range(1, levels)]
-        if isinstance(level_weights, str):
-            if level_weights != "fine":
-                raise ValueError(f"level_weights must be a list, null or 'fine', got {level_weights!r}")
-            level_weights = fine_level_weights(levels)
-        if level_weights is not None and len(level_weights) != levels:
-            raise ValueError(f"got {len(level_weights)} level weights for the {levels} levels of {self.hierarchy.name!r}")
-        if class_weights is not None and len(class_weights) != levels:
-            raise ValueError(f"got {len(class_weights)} class-weight entries for the {levels} levels of {self.hierarchy.name!r}")
-        self.level_weights = None if level_weights is None else [float(w) for w in level_weights]
+        self.level_weights = resolve_level_weights(level_weights, self.hierarchy)
         self.label_smoothing = float(label_smoothing)
         table = self.hierarchy.exact_table() if coarse_labels == "ignore" else self.hierarchy.label_table()
         self.register_buffer("table", table, persistent=False)
@@ -179,17 +202,9 @@ class HierarchicalLoss(nn.Module):
             members = balanced_members(self.hierarchy, torch.as_tensor(class_pixels))
         self.register_buffer("set_members", members, persistent=False)
         self._class_weight_names = []
-        for level, weights in enumerate(class_weights or []):
-            count = self.hierarchy.num_classes[level]
-            tensor = torch.ones(count) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-            if tensor.shape != (count,):
-                raise ValueError(
-                    f"class weights of level {level} ({self.hierarchy.level_names[level]}) have "
-                    f"{tensor.numel()} entries but the level has {count} classes"
-                )
-            name = f"class_weights_{level}"
-            self.register_buffer(name, tensor, persistent=False)
-            self._class_weight_names.append(name)
+        for level, tensor in enumerate(class_weight_tensors(class_weights, self.hierarchy)):
+            self.register_buffer(f"class_weights_{level}", tensor, persistent=False)
+            self._class_weight_names.append(f"class_weights_{level}")
 
     def forward(self, logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         levels = self.hierarchy.num_levels

@@ -114,6 +114,23 @@ def run_directory_files(out: Path, config: dict[str, Any], hierarchy, log: RunLo
         raise PermissionError(message)
 
 
+def placement(config: dict[str, Any]) -> tuple[torch.device, str | None, torch.memory_format]:
+    """The device this process trains on (joining the process group under torchrun), its autocast
+    mode and memory format; on the CPU, sets the number of threads."""
+    device = distributed.setup(config["device"])
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(config))
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    return device, resolve_amp(config["amp"], device), memory_format
+
+
+def precision_change(checkpoint: dict[str, Any], amp: str | None, requested: str | None) -> str:
+    """The note printed when a run resumes in another precision (amp auto on a machine with(out)
+    native bfloat16)."""
+    return (f"note: iterations 1-{checkpoint['iteration']} ran in {checkpoint['amp'] or 'float32'}, the rest run "
+            f"in {amp or 'float32'} (amp {requested or 'null'} on this device)")
+
+
 def build_datasets(config: dict[str, Any], hierarchy, label_tree) -> tuple[torch.utils.data.Dataset, ...]:
     """The training set (augmented crops; one source or a mixture) and the validation set of a config."""
     augment = train_transform(label_tree, config["crop_size"], scale=tuple(config["train_scale"]))
@@ -209,23 +226,15 @@ def run_banner(config: dict[str, Any], train_set, hierarchy, device: torch.devic
 
 
 class Trainer:
-    """One training run: builds data, model and solver from a config, then trains, evaluates and checkpoints.
-
-    ``run()`` trains to ``max_iters``; ``train_step`` is one optimiser step; ``evaluate_and_checkpoint``
-    scores the validation split and writes ``last.pt``/``best.pt``, curves and samples. The model and
-    what updates it are a :class:`~hierparse.engine.solver.Solver` (``self.solver``); what is reported
-    along the way goes through :class:`~hierparse.engine.run_log.RunLog` (``self.log``).
-    """
+    """One training run from a config: ``run()`` trains to ``max_iters`` (``train_step``: one optimiser
+    step), ``evaluate_and_checkpoint`` scores the validation split and writes ``last.pt``/``best.pt``,
+    curves and samples. The model and what updates it: ``self.solver``; what is reported: ``self.log``."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self.device = distributed.setup(config["device"])
+        self.device, self.amp, self.memory_format = placement(config)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        self.amp = resolve_amp(config["amp"], self.device)
-        self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(config))
         self.out = Path(config["out"])
         self.log = RunLog(self.out, self.main, config["max_iters"])
         self.hierarchy = load_hierarchy(config["hierarchy"])
@@ -259,8 +268,7 @@ class Trainer:
         self.iteration, self.best_miou = checkpoint["iteration"], checkpoint["best_miou"]
         self.log.restore(self.iteration)
         if checkpoint["amp"] != self.amp:  # amp auto on a machine with(out) native bfloat16
-            self.log.print(f"note: iterations 1-{self.iteration} ran in {checkpoint['amp'] or 'float32'}, "
-                           f"the rest run in {self.amp or 'float32'} (amp {self.config['amp'] or 'null'} on this device)")
+            self.log.print(precision_change(checkpoint, self.amp, self.config["amp"]))
 
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:

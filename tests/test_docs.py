@@ -43,22 +43,38 @@ def study_cell(name: str, *path: str) -> dict:
 
 
 PART = ("merged_miou", "part")
-QUOTED = [  # (page, text format of a mean and std in percent, the study entry it quotes)
-    ("README.md", "stacked default {mean:.2f} ± {std:.2f}", ("study", "softmax_ohem", "decode", "independent", "fine_miou")),
-    ("README.md", "flat + the same skip + OHEM {mean:.2f} ± {std:.2f}",
-     ("study", "flat_skip_ohem", "decode", "independent", "fine_miou")),
-    ("README.md", "fine-only {mean:.2f} (stacked)", ("study_coarse", "0.1", "stacked_fine", *PART)),
-    ("README.md", "/ {mean:.2f} (flat)", ("study_coarse", "0.1", "flat_fine", *PART)),
-    ("README.md", "set-restricted teacher {mean:.2f}", ("study_coarse", "0.1", "stacked_teacher", *PART)),
-    ("README.md", "labelling everything ({mean:.2f}", ("study_coarse", "1.0", "stacked_fine", *PART)),
-    ("README.md", "fine-only {mean:.2f} (flat) beats", ("study_coarse", "0.25", "flat_fine", *PART)),
-    ("README.md", "the teacher {mean:.2f}", ("study_coarse", "0.25", "stacked_teacher", *PART)),
+
+
+def coarse(fraction: str, variant: str) -> tuple[str, ...]:
+    return ("study_coarse", fraction, variant, *PART)
+
+
+QUOTED = [  # (page, the text quoting mean/std in percent, the study entries the text names)
+    ("README.md", "stacked default {a:.2f} ± {a_std:.2f}", {"a": ("study", "softmax_ohem", "decode", "independent", "fine_miou")}),
+    ("README.md", "flat + the same skip + OHEM {a:.2f} ± {a_std:.2f}",
+     {"a": ("study", "flat_skip_ohem", "decode", "independent", "fine_miou")}),
+    ("README.md", "fine-only {a:.2f} (stacked) / {b:.2f} (flat), set-restricted teacher {c:.2f} / {d:.2f}",
+     {"a": coarse("0.1", "stacked_fine"), "b": coarse("0.1", "flat_fine"), "c": coarse("0.1", "stacked_teacher"),
+      "d": coarse("0.1", "flat_teacher")}),
+    ("README.md", "labelling everything ({a:.2f}", {"a": coarse("1.0", "stacked_fine")}),
+    ("README.md", "fine-only {a:.2f} (flat) beats the teacher {b:.2f}",
+     {"a": coarse("0.25", "flat_fine"), "b": coarse("0.25", "stacked_teacher")}),
+    ("docs/training.md", "| {a:.2f} / {b:.2f} | {c:.2f} / {d:.2f} | {e:.2f} / **{f:.2f}** | {g:.2f} / {h:.2f} |",
+     {"a": coarse("0.1", "flat_fine"), "b": coarse("0.1", "stacked_fine"), "c": coarse("0.1", "flat_marginal"),
+      "d": coarse("0.1", "stacked_marginal"), "e": coarse("0.1", "flat_teacher"), "f": coarse("0.1", "stacked_teacher"),
+      "g": coarse("1.0", "flat_fine"), "h": coarse("1.0", "stacked_fine")}),
+    ("docs/training.md", "fine-only {a:.2f} (flat) / {b:.2f} (stacked) against {c:.2f} with the teacher and {d:.2f}",
+     {"a": coarse("0.25", "flat_fine"), "b": coarse("0.25", "stacked_fine"), "c": coarse("0.25", "stacked_teacher"),
+      "d": coarse("0.25", "stacked_marginal")}),
 ]
 
 
-@pytest.mark.parametrize("page, text, entry", QUOTED, ids=lambda value: value if isinstance(value, str) else None)
-def test_quoted_study_numbers_match_their_json(page, text, entry):
-    cell = study_cell(*entry)
-    std = math.nan if cell["std"] is None else 100 * cell["std"]  # None: one seed
-    quote = text.format(mean=100 * cell["mean"], std=std)
-    assert quote in (ROOT / page).read_text(), f"{page} should quote {quote!r} (benchmarks/{entry[0]}.json)"
+@pytest.mark.parametrize("page, text, entries", QUOTED, ids=lambda value: value if isinstance(value, str) else "")
+def test_quoted_study_numbers_match_their_json(page, text, entries):
+    values = {}
+    for name, entry in entries.items():
+        cell = study_cell(*entry)
+        values[name] = 100 * cell["mean"]
+        values[f"{name}_std"] = math.nan if cell["std"] is None else 100 * cell["std"]  # None: one seed
+    quote = text.format(**values)
+    assert quote in " ".join((ROOT / page).read_text().split()), f"{page} should quote {quote!r} (benchmarks/*.json)"

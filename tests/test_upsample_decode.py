@@ -102,7 +102,7 @@ CUDA_CASES = [  # logit sizes per level, output size, align_corners, covered
     ([(8, 7), (8, 7), (15, 13)], (37, 53), False, None),
     ([(60, 60), (60, 60), (119, 119)], (473, 473), False, None),
     ([(9, 11)] * 3, (64, 64), True, None),
-    ([(12, 12)] * 3, (81, 70), False, (10, 9)),
+    ([(12, 12)] * 3, (81, 70), False, (10 / 12, 9 / 12)),  # an image on 10x9 of a 12x12 canvas
 ]
 
 

@@ -4,8 +4,9 @@ Run by `make cuda-check` with the CUDA build of torch (no GPU needed): loads the
 into .venv-cuda/build (or the path given as the first argument) with torch.ops.load_library and
 asserts that every hierparse operator has a CPU and a CUDA kernel, then runs each op once on the
 CPU of this build (and on the GPU too when one is present): the cross-entropy against
-F.cross_entropy, the tree-min loss against hierparse/ops/reference.py (pure PyTorch, loaded from
-its file so that the rest of the package, and its build, are not needed). Exits non-zero otherwise.
+F.cross_entropy, the tree-min loss and the fused decode against hierparse/ops/reference.py (pure
+PyTorch, loaded from its file so that the rest of the package, and its build, are not needed).
+Exits non-zero otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPERATORS = ["hierparse::multilevel_cross_entropy", "hierparse::tree_min_loss"]
+OPERATORS = ["hierparse::multilevel_cross_entropy", "hierparse::tree_min_loss", "hierparse::upsample_decode"]
 DISPATCH_KEYS = ["CPU", "CUDA"]
 
 
@@ -100,6 +101,21 @@ def smoke_test_tree_min(device: str) -> str | None:
     return None
 
 
+def smoke_test_decode(device: str) -> str | None:
+    """upsample_decode (3 levels, consistent, a non-integer scale) against its plain-PyTorch definition."""
+    reference = load_reference()
+    gen = torch.Generator().manual_seed(0)
+    ancestors = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 2, 2], [0, 1, 2, 3, 4]])
+    logits = [torch.randn(2, c, 3, 4, generator=gen) * 3 for c in (2, 3, 5)]
+    for mode, code in (("independent", 0), ("consistent", 1)):
+        got = torch.ops.hierparse.upsample_decode([x.to(device) for x in logits], ancestors, [7, 9], code, False, None)
+        expected = reference.upsample_decode([x.double() for x in logits], ancestors, (7, 9), mode)
+        for level, (g, e) in enumerate(zip(got, expected)):
+            if not torch.equal(g.cpu().long(), e.long()):
+                return f"upsample_decode {mode}: level {level} maps differ from the reference"
+    return None
+
+
 def main() -> int:
     if torch.version.cuda is None:
         print(f"cuda-check: FAILED: torch {torch.__version__} is not a CUDA build", file=sys.stderr)
@@ -117,7 +133,7 @@ def main() -> int:
         return 1
     checked = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in checked:
-        error = smoke_test(device) or smoke_test_tree_min(device)
+        error = smoke_test(device) or smoke_test_tree_min(device) or smoke_test_decode(device)
         if error:
             print(f"cuda-check: FAILED: {device} smoke test: {error}", file=sys.stderr)
             return 1

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "common.cuh"
@@ -41,7 +42,7 @@ struct PixelTaps {
 };
 
 template <typename scalar_t>
-__global__ void upsample_decode_kernel(const DeviceArgs args) {
+__global__ void upsample_decode_kernel(const __grid_constant__ DeviceArgs args) {
   const int64_t total = args.N * args.H * args.W;
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < total;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -64,9 +65,13 @@ __global__ void upsample_decode_kernel(const DeviceArgs args) {
       return hy * (hx * at(t.r0 + t.c0) + lx * at(t.r0 + t.c1)) + ly * (hx * at(t.r1 + t.c0) + lx * at(t.r1 + t.c1));
     };
     int64_t decided[kDecodeMaxLevels];
-    const bool sure = decode_pixel<float>(
-        args.shape, [&](int l, int64_t c) { return value(0.0f, l, c); }, static_cast<float>(kDecodeTolerance), decided);
-    if (!sure) decode_pixel<double>(args.shape, [&](int l, int64_t c) { return value(0.0, l, c); }, 0.0, decided);
+    auto exactly = [&] { decode_pixel<double>(args.shape, [&](int l, int64_t c) { return value(0.0, l, c); }, 0.0, decided); };
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      exactly();  // as the CPU: double logits are decided in double (no float32 pass, which could overflow)
+    } else if (!decode_pixel<float>(args.shape, [&](int l, int64_t c) { return value(0.0f, l, c); },
+                                    static_cast<float>(kDecodeTolerance), decided)) {
+      exactly();
+    }
     for (int k = 0; k < args.shape.levels_out; ++k) {
       if (args.output_bytes[k] == 1) {
         static_cast<uint8_t*>(args.outputs[k])[p] = static_cast<uint8_t>(decided[k]);
@@ -84,8 +89,9 @@ std::vector<at::Tensor> upsample_decode_cuda(at::TensorList logits, const at::Te
   const c10::cuda::CUDAGuard guard(logits[0].device());
   const int64_t total = plan.N * plan.H * plan.W;
   if (total == 0) return plan.outputs;
-  // the ancestor table is small; this copy is the op's only host-to-device transfer
-  const at::Tensor device_ancestors = plan.ancestors.to(logits[0].device());
+  // the ancestor table is small; this copy is the op's only host-to-device transfer, from pinned
+  // memory and asynchronous, so the host does not wait for the stream (and CUDA graphs can hold it)
+  const at::Tensor device_ancestors = plan.ancestors.pin_memory().to(logits[0].device(), /*non_blocking=*/true);
   DeviceArgs args{};
   args.shape = plan.shape;
   args.shape.ancestors = device_ancestors.data_ptr<int64_t>();
