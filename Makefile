@@ -44,9 +44,11 @@ study-coarse: $(VENV)/.built
 	$(PY) benchmarks/study_coarse.py
 
 # Builds the extension with CUDA in its own venv (CUDA build of torch) and checks the CUDA kernels
-# are registered; needs the CUDA 13.0 toolkit, not a GPU. The venv is reused while it holds that
-# torch; the build goes to .venv-cuda/build and .venv-cuda/tmp (ninja rebuilds only what changed),
-# never into the source tree, so it does not collide with the CPU build of `make test`.
+# are registered; needs the CUDA 13.0 toolkit, not a GPU. Its torch is not `make test`'s: a
+# CUDAExtension cannot build against the CPU wheel, and the CUDA 13.0 wheel at hand is 2.14.1.
+# The venv is reused while it holds that torch; the build goes to .venv-cuda/build and
+# .venv-cuda/tmp (ninja rebuilds only what changed), never into the source tree, so it does not
+# collide with the CPU build of `make test`.
 CUDA_TORCH_VERSION := $(patsubst torch==%,%,$(CUDA_TORCH_SPEC))
 CUDA_PY := $(CUDA_VENV)/bin/python
 cuda-check:

@@ -187,6 +187,13 @@ def test_ohem_keeps_at_least_min_kept_and_only_hard_pixels():
     assert not OHEM(0.5, 10).kept(probability, torch.zeros_like(valid)).any()  # nothing valid
 
 
+def test_ohem_has_one_default_the_configs():
+    """A config naming only the threshold keeps the default run's min_kept, not another number."""
+    from hierparse.config import DEFAULTS
+    assert OHEM.from_config(DEFAULTS["ohem"]) == OHEM()
+    assert OHEM.from_config({"threshold": 0.8}) == OHEM(0.8, DEFAULTS["ohem"]["min_kept"])
+
+
 def test_ohem_level_without_valid_pixels_gives_zero():
 
     h = hierparse.load_hierarchy("lip")
