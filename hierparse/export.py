@@ -88,7 +88,8 @@ class DeployedParser(nn.Module):
         self.model, self.hierarchy, self.decode, self.logits = exportable(model).eval(), hierarchy, decode, logits
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("inv_std", 1 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255))
-        self.register_buffer("ancestors", ancestor_table(hierarchy))
+        # a plain CPU tensor, not a buffer: .cuda() leaves it where the op reads it (no host sync)
+        self.ancestors = ancestor_table(hierarchy)
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
