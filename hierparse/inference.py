@@ -28,9 +28,8 @@ import torch.nn.functional as F
 
 from hierparse import ops
 from hierparse.hierarchy import Hierarchy, fine_ancestors
-from hierparse.ops.reference import upsample_logits
+from hierparse.ops.reference import DECODE_MODES, upsample_logits  # the op's mode codes, in order
 
-DECODE_MODES = ("independent", "consistent", "tree")
 SIZE_MODES = ("aspect", "resize", "none", "slide")
 SIDES = ("long", "short")
 
