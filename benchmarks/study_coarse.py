@@ -69,6 +69,8 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
     coarse: str | None = "region"   # the level coarse images are labelled at; None: fine images only
     teacher: str | None = None      # the variant whose checkpoint (same fraction and seed) relabels coarse pixels
+    budget: int = 1                 # iterations, in multiples of the study's
+    fractions: tuple[float, ...] | None = None  # the fractions it runs at (None: all)
 
     @property
     def stacked(self) -> bool:
@@ -86,11 +88,17 @@ VARIANTS = (
     Variant("stacked_balanced", "(f) stacked, prior-balanced marginal", {"coarse_labels": "balanced"}),
     Variant("stacked_teacher2", "(f) stacked, marginal + set-restricted teacher (f), a second round",
             teacher="stacked_teacher"),
-    Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person"),
+    # labels, not compute, are the scarce resource: does the teacher gain more from a longer budget
+    # than the fine-only model and the ceiling do?
+    Variant("stacked_fine_long", "(b) stacked, fine images only, twice the iterations", coarse=None, budget=2,
+            fractions=(0.10, 1.0)),
+    Variant("stacked_teacher_long", "(f) stacked, teacher (b, twice the iterations), twice the iterations",
+            teacher="stacked_fine_long", budget=2, fractions=(0.10,)),
+    Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person",
+            fractions=(0.10,)),
     Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
-            teacher="stacked_fine"),
+            teacher="stacked_fine", fractions=(0.10,)),
 )
-PERSON_ROW_FRACTIONS = (0.10,)
 
 # amp null: float32 on every machine, so that runs from sessions on CPUs with and without native
 # bfloat16 (where amp auto would differ) compare.
@@ -114,7 +122,7 @@ def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None) 
                         continue
                     if fraction == 1.0 and variant.coarse is not None:
                         continue  # nothing is coarse: every such variant is stacked_fine or flat_fine
-                    if person_row and fraction not in PERSON_ROW_FRACTIONS:
+                    if variant.fractions is not None and fraction not in variant.fractions:
                         continue
                     units.append((fraction, variant, seed))
     return units
@@ -140,8 +148,9 @@ def unit_settings(fraction: float, variant: Variant, seed: int, settings: dict[s
         teacher_variant = next(v for v in VARIANTS if v.key == variant.teacher)
         teacher = {"checkpoint": str(run_dir(runs_dir, fraction, teacher_variant, seed) / "last.pt"),
                    "threshold": TEACHER_THRESHOLD}
-    return {**settings, **variant.overrides, "datasets": sources(fraction, variant, pool), "teacher": teacher,
-            "seed": seed, "out": str(run_dir(runs_dir, fraction, variant, seed))}
+    iterations = variant.budget * settings.get("max_iters", configuration.DEFAULTS["max_iters"])
+    return {**settings, **variant.overrides, "max_iters": iterations, "datasets": sources(fraction, variant, pool),
+            "teacher": teacher, "seed": seed, "out": str(run_dir(runs_dir, fraction, variant, seed))}
 
 
 def run_one(unit_config: dict[str, Any], variant: Variant) -> dict[str, Any]:
@@ -216,8 +225,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{', '.join(f'{k} {json.dumps(v)}' for k, v in report['settings'].items())}.",
         "",
         "mIoU in percent, mean ± sample std over seeds, at the last evaluation (iteration "
-        f"{report['max_iters']}); region and person merged up the tree from the part prediction; best: the "
-        "best of the evaluations at 400, 800, 1200; step: median seconds per iteration.",
+        f"{report['max_iters']}, twice that where a variant says so); region and person merged up the tree "
+        "from the part prediction; best: the best of the evaluations (every "
+        f"{report['settings']['eval_interval']} iterations); step: median seconds per iteration.",
         "",
         f"| f | variant | {levels[-1]} mIoU | per seed | best {levels[-1]} | "
         + " | ".join(f"{name} mIoU" for name in reversed(levels[:-1])) + " | step (s) |",
