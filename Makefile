@@ -11,7 +11,7 @@ CUDA_VENV := .venv-cuda
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench cuda-check gpu-check study study-coarse clean
+.PHONY: demo test bench cuda-emulate cuda-check gpu-check study study-coarse clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ study: $(VENV)/.built
 # 2 cores, resumable run by run (benchmarks/study_coarse_runs/); writes benchmarks/study_coarse.{md,png,json}.
 study-coarse: $(VENV)/.built
 	$(PY) benchmarks/study_coarse.py
+
+# The CUDA kernels executed on the CPU: csrc/cuda compiled as host C++ over the emulation of
+# csrc/emulate/cuda_emulation.h, in a plain, a ThreadSanitizer and an AddressSanitizer build
+# (build/cuda_emulation/), each run against the CPU op (tests/cuda_emulation/kernels.py); about 10 min
+# on 2 cores. `make test` runs the same tests with the rest of the suite.
+cuda-emulate: $(VENV)/.built
+	$(PY) -m pytest -q tests/test_cuda_emulation.py
 
 # Builds the extension with CUDA in its own venv (CUDA build of torch) and checks the CUDA kernels
 # are registered; needs the CUDA 13.0 toolkit, not a GPU. Its torch is not `make test`'s: a

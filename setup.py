@@ -12,6 +12,11 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 import torch
 
 
+# GPU architectures of a CUDA build on a machine where torch sees no GPU (with one, torch builds for
+# the cards it sees): Turing to Hopper, and PTX for newer cards (CUDA 13 no longer targets Volta).
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
 def use_cuda() -> bool:
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
@@ -24,6 +29,8 @@ def extension():
     link_flags = ["-fopenmp"]
     include_dirs = [os.path.abspath("csrc")]
     if use_cuda():
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         return CUDAExtension(
             "hierparse._C",
             sources + sorted(glob.glob("csrc/cuda/*.cu")),

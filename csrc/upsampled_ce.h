@@ -1,5 +1,5 @@
 // The cross-entropy of one level's logits smaller than the labels, upsampled bilinearly on the fly, in
-// gather form: the algorithm of the CUDA kernel (cuda/multilevel_ce_cuda.cu). The CPU runs the same
+// gather form: the algorithm of the CUDA kernel (cuda/multilevel_ce_kernels.cuh). The CPU runs the same
 // functions when HIERPARSE_CPU_UPSAMPLING=gather (cpu/upsampled_ce_gather_cpu.cpp), so the CPU tests
 // exercise the arithmetic the GPU runs; the CPU's own, faster algorithm is cpu/upsample_kernel_impl.h.
 //

@@ -1,4 +1,4 @@
-// Pieces shared by the CUDA kernels of the fused ops (multilevel_ce_cuda.cu, tree_min_cuda.cu): the
+// Pieces shared by the CUDA kernels of the fused ops (multilevel_ce_kernels.cuh, tree_min_kernels.cuh): the
 // launch shape, the label pre-pass and the deterministic per-level loss sums.
 //
 // Label pre-pass (label_stats, one small kernel): min, max and histogram over 0..K-1 of the raw label
@@ -13,11 +13,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
 #include <vector>
+
+#include "backend.cuh"
 
 namespace hierparse {
 
@@ -28,12 +28,8 @@ constexpr int kThreads = 256;  // threads per block of every kernel here (a powe
 // the pixel count, so results (block sums) are reproducible on the same device.
 template <typename Kernel>
 int64_t grid_size(Kernel kernel, int64_t num_pixels, size_t shared_bytes) {
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, shared_bytes));
-  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  const int64_t max_blocks = static_cast<int64_t>(props->multiProcessorCount) * std::max(blocks_per_sm, 1);
   const int64_t needed = (num_pixels + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min(needed, max_blocks));
+  return std::max<int64_t>(1, std::min(needed, resident_blocks(kernel, kThreads, shared_bytes)));
 }
 
 // Runs the label pre-pass on the labels' device and current stream and returns the CPU int64 tensor
