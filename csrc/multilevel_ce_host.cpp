@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "to_device.h"
+
 namespace hierparse {
 namespace {
 
@@ -181,10 +183,12 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
         for (int64_t s = 0; s < max_sets; ++s)
           for (int64_t c = 0; c < level.num_classes; ++c) packed.push_back(static_cast<float>(set_row(l, s)[c]));
       }
-      plan.member_rows = at::tensor(packed, at::kFloat).to(device);
+      plan.member_rows_host = at::tensor(packed, at::kFloat);
+      plan.member_rows = to_device(plan.member_rows_host, device);
     }
   }
-  plan.table = table_i32.to(device);
+  plan.table_host = table_i32;
+  plan.table = to_device(table_i32, device);
   return plan;
 }
 
@@ -236,14 +240,14 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
       for (int64_t c = 0; c < level.num_classes; ++c) level.weight_sum += wp[level.weight_offset + c];
     }
     plan.class_weights = w.to(at::kFloat).contiguous();
+    plan.class_weights_host = w_cpu.to(at::kFloat).to(at::kDouble);  // the values the kernels read
   } else {
     for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);
   }
   // The class weight of a set: its members' class weights averaged by member weight (1 without class weights).
   if (plan.member_rows.defined()) {
-    const at::Tensor members = plan.member_rows.to(at::kCPU, at::kDouble);
-    const at::Tensor w_cpu =
-        plan.class_weights.defined() ? plan.class_weights.to(at::kCPU, at::kDouble) : at::Tensor();
+    const at::Tensor members = plan.member_rows_host.to(at::kDouble);
+    const at::Tensor& w_cpu = plan.class_weights_host;
     for (const LevelPlan& level : plan.levels) {
       for (int64_t s = 0; s < level.num_sets; ++s) {
         const double* row = members.data_ptr<double>() + level.member_offset + s * level.num_classes;
@@ -256,7 +260,7 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
         plan.set_weight_values.push_back(total > 0 ? weighted / total : 0.0);
       }
     }
-    plan.set_weights = at::tensor(plan.set_weight_values, at::kDouble).to(device);
+    plan.set_weights = to_device(at::tensor(plan.set_weight_values, at::kDouble), device);
     const int64_t rows = static_cast<int64_t>(plan.set_weight_values.size()), packed = members.numel();
     plan.set_classes = at::zeros({packed}, at::kInt);
     plan.set_log_weights = at::zeros({packed}, at::kDouble);
@@ -303,10 +307,8 @@ void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, con
 void set_level_scales(Plan& plan, const at::Tensor& label_counts) {
   const at::Tensor counts = label_counts.to(at::kCPU, at::kLong).contiguous();
   const int64_t* n = counts.data_ptr<int64_t>();
-  const at::Tensor table = plan.table.to(at::kCPU);
-  const int32_t* t = table.data_ptr<int32_t>();
-  at::Tensor weights;
-  if (plan.class_weights.defined()) weights = plan.class_weights.to(at::kCPU, at::kDouble);
+  const int32_t* t = plan.table_host.const_data_ptr<int32_t>();
+  const at::Tensor& weights = plan.class_weights_host;
   for (size_t l = 0; l < plan.levels.size(); ++l) {
     LevelPlan& level = plan.levels[l];
     if (plan.reduction != Reduction::Mean) {

@@ -27,11 +27,14 @@ struct LevelPlan {
 
 struct Plan {
   at::Tensor table;          // int32 [L, K] on the logits' device, -1 where ignored
+  at::Tensor table_host;     // the same on the host (what the planning reads: no copy back from a GPU)
   at::Tensor class_weights;  // float32 [sum C_l] on the logits' device, or undefined
+  at::Tensor class_weights_host;  // float64 on the host, or undefined
   // Class sets (labels naming a node above a level), packed level after level, on the logits' device:
   // member_rows float32 [sum S_l C_l] (set s of level l: its C_l member weights, 0 = not a member),
   // set_weights float64 [sum S_l] (the class weight of each set); undefined when no level has a set.
   at::Tensor member_rows, set_weights;
+  at::Tensor member_rows_host;  // member_rows on the host
   std::vector<uint8_t> set_ids;  // per raw id: 1 when its entry is a set at some level
   std::vector<double> set_weight_values;  // set_weights on the host
   // The same sets as member lists for the CPU kernel (host memory): set_classes int32 [sum S_l C_l] (the

@@ -30,13 +30,12 @@ TreePlan plan_tree_min(at::TensorList logits, const at::Tensor& labels, const at
   for (const LevelPlan& level : plan.levels) tree.first.push_back(static_cast<int32_t>(level.weight_offset));
   tree.first.push_back(static_cast<int32_t>(num_nodes));
   if (plan.member_rows.defined()) {  // the member weights only say who is in: a set has no weights here
-    const at::Tensor members = plan.member_rows.to(at::kCPU);
+    const at::Tensor& members = plan.member_rows_host;
     for (int64_t i = 0; i < members.numel(); ++i) tree.in_set.push_back(members.data_ptr<float>()[i] > 0);
     for (const LevelPlan& level : plan.levels) tree.set_first.push_back(static_cast<int32_t>(level.member_offset));
   }
 
-  const at::Tensor table_cpu = plan.table.to(at::kCPU);
-  const int32_t* t = table_cpu.data_ptr<int32_t>();
+  const int32_t* t = plan.table_host.const_data_ptr<int32_t>();
   tree.valid.assign(plan.K, 1);
   for (int64_t l = 0; l < L; ++l)
     for (int64_t k = 0; k < plan.K; ++k)

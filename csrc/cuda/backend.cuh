@@ -8,8 +8,6 @@
 //   KernelDeviceGuard  the device guard (CUDAGuard)
 //   on_kernel_device   whether a tensor is where the kernels read it (a CUDA device; the CPU when
 //                      emulated)
-//   upload             a copy of a small host tensor on the kernels' device, without waiting for
-//                      the stream (from pinned memory)
 //   HP_DYNAMIC_SHARED  the dynamic shared-memory array of a kernel
 //   HP_REGISTER_CUDA_KERNELS(m)  TORCH_LIBRARY_IMPL(hierparse, CUDA, m); emulated, the same
 //                      schemas in the library hierparse_emulated, under the CPU key
@@ -42,8 +40,6 @@ struct KernelDeviceGuard {
 
 inline bool on_kernel_device(const at::Tensor& tensor) { return tensor.is_cpu(); }
 
-inline at::Tensor upload(const at::Tensor& host, at::Device) { return host.clone(); }
-
 template <typename Kernel>
 int64_t resident_blocks(Kernel, int, size_t) {
   return emulation::resident_blocks();
@@ -66,11 +62,6 @@ void launch_kernel(void (*kernel)(Params...), int64_t blocks, int threads, size_
 using KernelDeviceGuard = c10::cuda::CUDAGuard;
 
 inline bool on_kernel_device(const at::Tensor& tensor) { return tensor.is_cuda(); }
-
-// The caching host allocator keeps the pinned buffer alive until the copy on the stream is done.
-inline at::Tensor upload(const at::Tensor& host, at::Device device) {
-  return host.pin_memory().to(device, /*non_blocking=*/true);
-}
 
 template <typename Kernel>
 int64_t resident_blocks(Kernel kernel, int threads, size_t shared_bytes) {

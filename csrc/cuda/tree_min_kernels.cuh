@@ -32,6 +32,7 @@
 
 #include "common.cuh"
 #include "tree_min.h"
+#include "to_device.h"
 #include "tree_min_host.h"
 
 namespace hierparse {
@@ -168,7 +169,7 @@ void launch(const TreePlan& tree, at::TensorList logits, const at::Tensor& label
   // The tree's parent array and the valid raw ids in one small int32 tensor on the device.
   std::vector<int32_t> host_tables(tree.parent);
   host_tables.insert(host_tables.end(), tree.valid.begin(), tree.valid.end());
-  const at::Tensor tables = upload(at::tensor(host_tables, at::kInt), device);
+  const at::Tensor tables = to_device(at::tensor(host_tables, at::kInt), device);
 
   const size_t shared_bytes = per_pixel ? 0 : static_cast<size_t>(L) * kThreads * sizeof(double);
   const auto kernel = tree_min_kernel<scalar_t, acc_t, label_t, kNodes>;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "to_device.h"
 #include "upsample_decode.h"
 #include "upsample_decode_host.h"
 
@@ -92,7 +93,7 @@ std::vector<at::Tensor> upsample_decode_cuda(at::TensorList logits, const at::Te
   if (total == 0) return plan.outputs;
   // the ancestor table is small; this copy is the op's only host-to-device transfer, from pinned
   // memory and asynchronous, so the host does not wait for the stream
-  const at::Tensor device_ancestors = upload(plan.ancestors, logits[0].device());
+  const at::Tensor device_ancestors = to_device(plan.ancestors, logits[0].device());
   DeviceArgs args{};
   args.shape = plan.shape;
   args.shape.ancestors = device_ancestors.data_ptr<int64_t>();
