@@ -6,7 +6,8 @@
 // names another CUDA intrinsic):
 //   - threadIdx, blockIdx, blockDim, gridDim (x only is ever used; y and z are 1);
 //   - a grid: its blocks run one after another, the threads of a block run as concurrent host
-//     threads (one std::thread each), so data races between them are real races for TSan;
+//     threads (one std::thread each, kept for the next launch), so data races between them are real
+//     races for TSan;
 //   - __syncthreads: a barrier of the block's threads. A thread that returns from the kernel while
 //     others wait at a barrier (a divergent barrier) fails the launch, and so does a barrier not
 //     reached by every thread within HIERPARSE_EMULATION_TIMEOUT seconds (default 60): a deadlock;
@@ -28,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -166,6 +168,55 @@ inline long long atomicMax(long long* address, long long value) {
 
 namespace hierparse::emulation {
 
+// Worker threads kept from one launch to the next (creating 256 threads a launch is most of the time
+// of a launch under ThreadSanitizer). run(threads, task) calls task(t) for t = 0..threads-1 on as
+// many concurrent workers and returns when all have returned. The pool is never destroyed: its idle
+// workers wait until the process exits.
+class WorkerPool {
+ public:
+  void run(unsigned int threads, const std::function<void(unsigned int)>& task) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (workers_.size() < threads) {
+      const auto index = static_cast<unsigned int>(workers_.size());
+      workers_.emplace_back([this, index] { work(index); });
+    }
+    task_ = &task;
+    active_ = pending_ = threads;
+    ++generation_;
+    wake_.notify_all();
+    done_.wait(lock, [&] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void work(unsigned int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (index >= active_) continue;  // a launch of fewer threads
+      const std::function<void(unsigned int)>& task = *task_;
+      lock.unlock();
+      task(index);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(unsigned int)>* task_ = nullptr;
+  unsigned int active_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
+inline WorkerPool& worker_pool() {
+  static WorkerPool* pool = new WorkerPool();
+  return *pool;
+}
+
 // Serialises launches: a kernel's __shared__ arrays are one static copy.
 inline std::mutex& launch_mutex() {
   static std::mutex mutex;
@@ -180,32 +231,27 @@ std::string run_grid(Kernel kernel, unsigned int blocks, unsigned int threads, s
   std::lock_guard<std::mutex> serial(launch_mutex());
   std::vector<unsigned char> dynamic_shared(shared_bytes);  // exactly the launch's bytes, for ASan
   Block block(threads, std::chrono::duration<double>(env_number("HIERPARSE_EMULATION_TIMEOUT", 60)));
-  std::vector<std::thread> workers;
-  workers.reserve(threads);
-  for (unsigned int t = 0; t < threads; ++t) {
-    workers.emplace_back([&, t] {
-      threadIdx = Dim3{t, 0, 0};
-      blockDim = Dim3{threads, 1, 1};
-      gridDim = Dim3{blocks, 1, 1};
-      current_block = &block;
-      current_dynamic_shared = shared_bytes > 0 ? dynamic_shared.data() : nullptr;
-      try {
-        for (unsigned int b = 0; b < blocks; ++b) {
-          blockIdx = Dim3{b, 0, 0};
-          kernel(args...);
-          block.arrive(true, b);  // the block ends when all its threads have returned
-        }
-      } catch (const LaunchAborted&) {
-      } catch (const std::exception& error) {
-        try {
-          block.fail(std::string("a kernel thread threw: ") + error.what());
-        } catch (const LaunchAborted&) {
-        }
+  worker_pool().run(threads, [&](unsigned int t) {
+    threadIdx = Dim3{t, 0, 0};
+    blockDim = Dim3{threads, 1, 1};
+    gridDim = Dim3{blocks, 1, 1};
+    current_block = &block;
+    current_dynamic_shared = shared_bytes > 0 ? dynamic_shared.data() : nullptr;
+    try {
+      for (unsigned int b = 0; b < blocks; ++b) {
+        blockIdx = Dim3{b, 0, 0};
+        kernel(args...);
+        block.arrive(true, b);  // the block ends when all its threads have returned
       }
-      current_block = nullptr;
-    });
-  }
-  for (std::thread& worker : workers) worker.join();
+    } catch (const LaunchAborted&) {
+    } catch (const std::exception& error) {
+      try {
+        block.fail(std::string("a kernel thread threw: ") + error.what());
+      } catch (const LaunchAborted&) {
+      }
+    }
+    current_block = nullptr;
+  });
   return block.error();
 }
 
