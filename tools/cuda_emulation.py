@@ -25,7 +25,7 @@ VARIANTS = ("plain", "thread", "address")
 # what cuda_emulation.h models, plus compiler keywords the sources may use on the host too
 MODELLED = {
     "__global__", "__device__", "__host__", "__forceinline__", "__launch_bounds__", "__grid_constant__",
-    "__shared__", "__syncthreads", "__restrict__", "__CUDACC__", "__attribute__",
+    "__shared__", "__syncthreads", "__restrict__", "__CUDACC__", "__attribute__", "__VA_ARGS__",
     "atomicAdd", "atomicMin", "atomicMax",
 }
 # the kernel sources: the CUDA directory and the per-pixel headers it includes
@@ -107,7 +107,8 @@ def build(variant: str = "plain", verbose: bool = False) -> Path:
         flags.append("-O2")
         ldflags = []
     else:
-        flags += ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZERS[variant][0]}"]
+        flags += ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZERS[variant][0]}",
+                  "-DHIERPARSE_EMULATION_FEW_TYPES"]
         ldflags = [f"-fsanitize={SANITIZERS[variant][0]}"]
     directory = ROOT / "build" / "cuda_emulation" / variant
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,15 @@
 //   HP_DYNAMIC_SHARED  the dynamic shared-memory array of a kernel
 //   HP_REGISTER_CUDA_KERNELS(m)  TORCH_LIBRARY_IMPL(hierparse, CUDA, m); emulated, the same
 //                      schemas in the library hierparse_emulated, under the CPU key
+//   HP_DISPATCH_LOGIT_TYPES, HP_DISPATCH_LABEL_TYPES  the logits' and labels' dtypes the kernels are
+//                      instantiated for: float32, float64, float16, bfloat16 and uint8, int8, int16,
+//                      int32, int64; only float32, float64 and uint8, int64 in the sanitized
+//                      emulations (HIERPARSE_EMULATION_FEW_TYPES: a fifth of the compile time; their
+//                      tests use no other)
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +31,16 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
+
+#if defined(HIERPARSE_EMULATION_FEW_TYPES)
+#define HP_DISPATCH_LOGIT_TYPES(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
+#define HP_DISPATCH_LABEL_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kByte, __VA_ARGS__) AT_DISPATCH_CASE(at::kLong, __VA_ARGS__))
+#else
+#define HP_DISPATCH_LOGIT_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+#define HP_DISPATCH_LABEL_TYPES(TYPE, NAME, ...) AT_DISPATCH_INTEGRAL_TYPES(TYPE, NAME, __VA_ARGS__)
 #endif
 
 namespace hierparse {

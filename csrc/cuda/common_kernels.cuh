@@ -112,7 +112,7 @@ at::Tensor label_stats(const at::Tensor& labels, int64_t K) {
     const size_t shared_bytes = shared_histogram ? static_cast<size_t>(K) * sizeof(unsigned int) : 0;
     auto* counts = reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>());
     auto* min_max = reinterpret_cast<long long*>(stats.data_ptr<int64_t>() + K);
-    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_label_stats_cuda", [&] {
+    HP_DISPATCH_LABEL_TYPES(labels.scalar_type(), "hierparse_label_stats_cuda", [&] {
       const int64_t blocks = grid_size(label_stats_kernel<scalar_t>, num_pixels, shared_bytes);
       launch_kernel(label_stats_kernel<scalar_t>, blocks, kThreads, shared_bytes, labels.const_data_ptr<scalar_t>(),
                     index, num_pixels, K, shared_histogram, counts, min_max);

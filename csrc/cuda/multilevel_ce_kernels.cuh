@@ -265,11 +265,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   for (size_t l = 0; l < plan.levels.size(); ++l) (is_upsampled(plan, l) ? upsampled : full).push_back(l);
   std::vector<at::Tensor> block_sums;  // per launch: rows of the levels in rows_of
   std::vector<std::vector<int64_t>> rows_of;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits[0].scalar_type(),
+  HP_DISPATCH_LOGIT_TYPES(logits[0].scalar_type(),
                                   "hierparse_multilevel_ce_cuda", [&] {
     using logit_t = scalar_t;
     using acc_t = std::conditional_t<std::is_same_v<logit_t, double>, double, float>;
-    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_multilevel_ce_cuda_labels", [&] {
+    HP_DISPATCH_LABEL_TYPES(labels.scalar_type(), "hierparse_multilevel_ce_cuda_labels", [&] {
       if (!full.empty()) {
         block_sums.push_back(launch_levels<logit_t, acc_t, scalar_t>(plan, logits, labels, losses, grads,
                                                                     compute_grad, full));

@@ -257,9 +257,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
     return {losses, grads};
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits[0].scalar_type(), "hierparse_tree_min_cuda", [&] {
+  HP_DISPATCH_LOGIT_TYPES(logits[0].scalar_type(), "hierparse_tree_min_cuda", [&] {
     using logit_t = scalar_t;
-    AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "hierparse_tree_min_cuda_labels", [&] {
+    HP_DISPATCH_LABEL_TYPES(labels.scalar_type(), "hierparse_tree_min_cuda_labels", [&] {
       if (V <= 32) {
         launch<logit_t, scalar_t, 32>(tree, logits, labels, loss_scales, losses, grads, compute_grad);
       } else if (V <= 64) {

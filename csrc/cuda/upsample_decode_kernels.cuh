@@ -112,7 +112,7 @@ std::vector<at::Tensor> upsample_decode_cuda(at::TensorList logits, const at::Te
     args.outputs[k] = plan.outputs[k].data_ptr();
     args.output_bytes[k] = static_cast<int>(plan.outputs[k].element_size());
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits[0].scalar_type(), "hierparse_upsample_decode", [&] {
+  HP_DISPATCH_LOGIT_TYPES(logits[0].scalar_type(), "hierparse_upsample_decode", [&] {
     const auto kernel = upsample_decode_kernel<scalar_t>;
     const int64_t blocks = grid_size(kernel, total, 0);
     launch_kernel(kernel, blocks, kThreads, 0, args);
