@@ -68,6 +68,12 @@ QUOTED = [  # (page, the text quoting mean/std in percent, the study entries the
       "d": coarse("0.1", "stacked_marginal"), "e": coarse("0.1", "flat_teacher"), "f": coarse("0.1", "stacked_teacher"),
       "g": coarse("1.0", "flat_fine"), "h": coarse("1.0", "stacked_fine")}),
     ("docs/training.md", "reaches {a:.2f} (stacked, 3 seeds)", {"a": coarse("0.1", "stacked_teacher2")}),
+    ("README.md", "the teacher reaches {a:.2f} against fine-only {b:.2f}, but labelling everything {c:.2f}",
+     {"a": coarse("0.1", "stacked_teacher_long"), "b": coarse("0.1", "stacked_fine_long"),
+      "c": coarse("1.0", "stacked_fine_long")}),
+    ("docs/training.md", "the teacher reaches {a:.2f} against fine-only {b:.2f} at f = 10%, but the ceiling rises more, "
+     "to {c:.2f}", {"a": coarse("0.1", "stacked_teacher_long"), "b": coarse("0.1", "stacked_fine_long"),
+                   "c": coarse("1.0", "stacked_fine_long")}),
     ("docs/training.md", "fine-only {a:.2f} (flat, 2 seeds) / {b:.2f} (stacked, 2 seeds) against {c:.2f} with the teacher (2 seeds) and {d:.2f}",
      {"a": coarse("0.25", "flat_fine"), "b": coarse("0.25", "stacked_fine"), "c": coarse("0.25", "stacked_teacher"),
       "d": coarse("0.25", "stacked_marginal")}),
