@@ -98,7 +98,8 @@ def test_speedup_interleaved(benchmark, mode, device):
                 torch.autograd.grad(fn(logits, labels, table).sum(), logits)
         return synchronized(run, device)
 
-    median = interleaved_medians({name: runner(IMPLEMENTATIONS[name]) for name in ("fused", "naive")}, ROUNDS, warmup=2)
+    runs = {name: runner(IMPLEMENTATIONS[name]) for name in ("fused", "naive")}
+    median = interleaved_medians(runs, ROUNDS, warmup=2)
     fused_s, naive_s = median["fused"], median["naive"]
     floor = bytes_floor(logits, labels, with_grad=mode != "forward")
     benchmark.extra_info.update(fused_ms=fused_s * 1e3, naive_ms=naive_s * 1e3, speedup=naive_s / fused_s,
@@ -106,7 +107,7 @@ def test_speedup_interleaved(benchmark, mode, device):
     print(f"\n{device} {mode}: fused {fused_s * 1e3:.1f} ms, naive {naive_s * 1e3:.1f} ms, "
           f"speed-up {naive_s / fused_s:.1f}x, fused moves the floor's {floor / 2**20:.0f} MiB at "
           f"{floor / fused_s / 1e9:.1f} GB/s")
-    benchmark.pedantic(fused, rounds=3)
+    benchmark.pedantic(runs["fused"], rounds=3)
 
 
 def bytes_floor(logits, labels, *, with_grad: bool) -> int:
