@@ -10,6 +10,7 @@ Run: .venv/bin/python -m pytest benchmarks/test_ops.py --benchmark-only --benchm
 
 from __future__ import annotations
 
+import functools
 import textwrap
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 from peak_memory import run_in_fresh_process
 from timing import interleaved_medians
 
+import hierparse
 from hierparse import ops
 
 CLASSES = (2, 5, 20)
@@ -179,3 +181,36 @@ def test_tree_min_speedup_interleaved(benchmark, device):
     print(f"\n{device} tree-min forward+backward: fused {fused_s * 1e3:.1f} ms, reference {reference_s * 1e3:.1f} ms, "
           f"speed-up {reference_s / fused_s:.1f}x ({N * H * W / fused_s / 1e6:.2f} M pixels/s fused)")
     benchmark.pedantic(runs["fused"], rounds=3)
+
+
+def default_run_problem(device: str):
+    """The default run's loss inputs: batch 16 of 128 x 128 labels (hierarchy lip), the stacked
+    model's logits at 16 x 16 (person, region) and 32 x 32 (part), 10% ignored pixels."""
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 20, (16, 128, 128), generator=g, dtype=torch.uint8)
+    labels[torch.rand(16, 128, 128, generator=g) < 0.1] = 255
+    logits = [torch.randn(16, c, s, s, generator=g).to(device).requires_grad_(True)
+              for c, s in zip((2, 5, 20), (16, 16, 32))]
+    return logits, labels.to(device), hierparse.load_hierarchy("lip").label_table().to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ohem_speedup_interleaved(benchmark, device):
+    """The loss of the default run, forward + backward, with OHEM fused in the op, with the Python
+    OHEM it replaced (the op without gradient, kthvalue per level, the op again with per-pixel losses
+    and a third run in the backward pass), and without OHEM; level weights 'fine'."""
+    benchmark.group = f"OHEM, interleaved {device}"
+    logits, labels, table = default_run_problem(device)
+    options = dict(level_weights=[0.25, 0.5, 1.0])
+    python_ohem = functools.partial(ops.reference.ohem_cross_entropy, cross_entropy=ops.multilevel_cross_entropy)
+    losses = {"OHEM fused": functools.partial(ops.ohem_cross_entropy, threshold=0.7, min_kept=3000, **options),
+              "OHEM Python": functools.partial(python_ohem, threshold=0.7, min_kept=3000, **options),
+              "no OHEM": functools.partial(ops.multilevel_cross_entropy, **options)}
+    runs = {name: synchronized(lambda fn=fn: torch.autograd.grad(fn(logits, labels, table).sum(), logits), device)
+            for name, fn in losses.items()}
+    median = interleaved_medians(runs, ROUNDS, warmup=2)
+    base = median["no OHEM"]
+    benchmark.extra_info.update({f"{name} ms": value * 1e3 for name, value in median.items()})
+    benchmark.extra_info.update({f"{name} vs no OHEM": value / base for name, value in median.items()})
+    print("\n" + ", ".join(f"{device} {name} {value * 1e3:.1f} ms ({value / base:.2f}x)" for name, value in median.items()))
+    benchmark.pedantic(runs["OHEM fused"], rounds=3)

@@ -21,6 +21,14 @@ inline void define_ops(torch::Library& m) {
       "multilevel_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
       "float[] level_weights, float label_smoothing, int ignore_index, int reduction, bool compute_grad, "
       "bool align_corners=False, Tensor? set_members=None, Tensor? grad_weights=None) -> (Tensor, Tensor[])");
+  // multilevel_cross_entropy on each level's hard pixels (OHEM, ohem.h): a valid pixel is kept when its
+  // target probability (plain softmax; a set's summed, member-weighed probability) is below
+  // max(threshold, the min(min_kept * N, valid - 1)-th smallest of the level's); losses [L] are the mean
+  // per-pixel losses over the kept pixels (0 when none), and with compute_grad the gradients are theirs.
+  m.def(
+      "multilevel_ohem_cross_entropy(Tensor[] logits, Tensor labels, Tensor table, Tensor? class_weights, "
+      "float[] level_weights, float label_smoothing, int ignore_index, bool compute_grad, bool align_corners, "
+      "Tensor? set_members, float threshold, int min_kept) -> (Tensor, Tensor[])");
   // HSSN's tree-min loss over the class tree whose nodes are the classes of all levels; `parents`
   // holds the parent class of each class of levels 1..L-1, level after level. With compute_grad,
   // also writes d(sum of grad_weights * losses)/d(logits) (grad_weights: ones when None, else

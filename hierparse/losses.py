@@ -76,7 +76,8 @@ def balanced_members(hierarchy: Hierarchy, class_pixels: torch.Tensor) -> torch.
 
 @dataclass(frozen=True)
 class OHEM:
-    """Online hard example mining of pixels, as mmsegmentation's ``OHEMPixelSampler``.
+    """Online hard example mining of pixels, as mmsegmentation's ``OHEMPixelSampler``, inside the
+    fused op (``hierparse.ops.ohem_cross_entropy``).
 
     Per level, a valid pixel is kept when the softmax probability of its target class is below
     ``max(threshold, p_k)``, where ``p_k`` is the ``k``-th smallest target probability of the batch
@@ -103,15 +104,6 @@ class OHEM:
         if isinstance(kept, bool) or not isinstance(kept, int) or kept < 0:
             raise ValueError(f"ohem min_kept must be a whole number >= 0, got {kept!r}")
         return ohem
-
-    def kept(self, target_probability: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Boolean mask ``[N, H, W]`` of the pixels to train on, from one level's target probabilities."""
-        valid_probability = target_probability[valid]
-        if valid_probability.numel() == 0:
-            return valid
-        position = min(self.min_kept * target_probability.shape[0], valid_probability.numel() - 1)
-        floor = valid_probability.kthvalue(position + 1).values  # the (position)-th of the sorted, from 0
-        return valid & (target_probability < torch.clamp(floor, min=self.threshold))
 
 
 def resolve_level_weights(level_weights: Sequence[float] | str | None, hierarchy: Hierarchy) -> list[float] | None:
@@ -241,18 +233,5 @@ class HierarchicalLoss(nn.Module):
         )
         if self.ohem is None:
             return ops.multilevel_cross_entropy(logits, labels, table, **options)
-        return self._hard_pixel_losses(logits, labels, table, options)
-
-    def _hard_pixel_losses(self, logits: Sequence[torch.Tensor], labels: torch.Tensor, table: torch.Tensor,
-                           options: dict[str, Any]) -> torch.Tensor:
-        """Per level: the mean per-pixel loss over the pixels :class:`OHEM` keeps (0 if none)."""
-        with torch.no_grad():  # target probabilities: the plain softmax, from the same fused op
-            nll = ops.multilevel_cross_entropy(logits, labels, table, ignore_index=options["ignore_index"],
-                                               reduction="none", set_members=options["set_members"])
-            targets = table[:, labels.long()]
-            valid = targets != options["ignore_index"]
-            kept = torch.stack([self.ohem.kept(torch.exp(-nll[level]), valid[level])
-                                for level in range(len(logits))])
-        per_pixel = ops.multilevel_cross_entropy(logits, labels, table, reduction="none", **options)
-        counts = kept.flatten(1).sum(1).clamp(min=1)
-        return (per_pixel * kept).flatten(1).sum(1) / counts
+        return ops.ohem_cross_entropy(logits, labels, table, threshold=self.ohem.threshold,
+                                      min_kept=self.ohem.min_kept, **options)

@@ -104,7 +104,7 @@ def test_the_gpu_and_the_emulated_builds_compile_the_same_kernel_headers():
     """Each .cu of csrc/cuda and its twin in csrc/emulate include one header and nothing else."""
     gpu = {path.stem.removesuffix("_cuda"): path for path in (ROOT / "csrc" / "cuda").glob("*.cu")}
     emulated = {path.stem: path for path in (ROOT / "csrc" / "emulate").glob("*.cpp")}
-    assert sorted(gpu) == ["common", "multilevel_ce", "tree_min", "upsample_decode"]
+    assert sorted(gpu) == ["common", "multilevel_ce", "ohem", "tree_min", "upsample_decode"]
     for name, path in gpu.items():
         includes = re.findall(r'#include "([^"]+)"', path.read_text())
         assert includes == [f"{name}_kernels.cuh"], path

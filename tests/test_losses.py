@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import hierparse
 from hierparse import HierarchicalLoss
 from hierparse.losses import OHEM
+from hierparse.ops.reference import ohem_kept
 
 
 def reference(logits, labels, table, level_weights, class_weights):
@@ -181,10 +182,10 @@ def test_ohem_keeps_at_least_min_kept_and_only_hard_pixels():
     g = torch.Generator().manual_seed(2)
     probability = torch.rand(2, 10, 10, generator=g)
     valid = torch.rand(2, 10, 10, generator=g) > 0.2
-    assert int(OHEM(0.01, 30).kept(probability, valid).sum()) == 60  # 30 per image, distinct values
-    kept = OHEM(0.5, 0).kept(probability, valid)
+    assert int(ohem_kept(probability, valid, 0.01, 30).sum()) == 60  # 30 per image, distinct values
+    kept = ohem_kept(probability, valid, 0.5, 0)
     assert torch.equal(kept, valid & (probability < 0.5))
-    assert not OHEM(0.5, 10).kept(probability, torch.zeros_like(valid)).any()  # nothing valid
+    assert not ohem_kept(probability, torch.zeros_like(valid), 0.5, 10).any()  # nothing valid
 
 
 def test_ohem_has_one_default_the_configs():

@@ -19,7 +19,8 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPERATORS = ["hierparse::multilevel_cross_entropy", "hierparse::tree_min_loss", "hierparse::upsample_decode"]
+OPERATORS = ["hierparse::multilevel_cross_entropy", "hierparse::multilevel_ohem_cross_entropy", "hierparse::tree_min_loss",
+             "hierparse::upsample_decode"]
 DISPATCH_KEYS = ["CPU", "CUDA"]
 
 

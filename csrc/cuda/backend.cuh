@@ -11,6 +11,7 @@
 //   HP_DYNAMIC_SHARED  the dynamic shared-memory array of a kernel
 //   HP_REGISTER_CUDA_KERNELS(m)  TORCH_LIBRARY_IMPL(hierparse, CUDA, m); emulated, the same
 //                      schemas in the library hierparse_emulated, under the CPU key
+//   HP_LIBRARY         the name of that library ("hierparse" or "hierparse_emulated")
 //   HP_DISPATCH_LOGIT_TYPES, HP_DISPATCH_LABEL_TYPES  the logits' and labels' dtypes the kernels are
 //                      instantiated for: float32, float64, float16, bfloat16 and uint8, int8, int16,
 //                      int32, int64; only float32, float64 and uint8, int64 in the sanitized
@@ -49,6 +50,7 @@ namespace hierparse {
 
 #define HP_DYNAMIC_SHARED(type, name) type* const name = ::hierparse::emulation::dynamic_shared<type>()
 #define HP_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(hierparse_emulated, CPU, m)
+#define HP_LIBRARY "hierparse_emulated"
 
 struct KernelDeviceGuard {
   explicit KernelDeviceGuard(at::Device) {}
@@ -74,6 +76,7 @@ void launch_kernel(void (*kernel)(Params...), int64_t blocks, int threads, size_
 
 #define HP_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #define HP_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(hierparse, CUDA, m)
+#define HP_LIBRARY "hierparse"
 
 using KernelDeviceGuard = c10::cuda::CUDAGuard;
 

@@ -32,6 +32,22 @@ int64_t grid_size(Kernel kernel, int64_t num_pixels, size_t shared_bytes) {
   return std::max<int64_t>(1, std::min(needed, resident_blocks(kernel, kThreads, shared_bytes)));
 }
 
+// Pixel p (0 <= p < N*H*W, in NHW order) of a strided [N, H, W] tensor.
+struct PixelIndex {
+  int64_t HW, W;
+  int64_t s0, s1, s2;  // strides of N, H, W
+  static PixelIndex of(const at::Tensor& t) {
+    return {t.size(1) * t.size(2), t.size(2), t.stride(0), t.stride(1), t.stride(2)};
+  }
+  __device__ __forceinline__ int64_t offset(int64_t p) const {
+    const int64_t n = p / HW;
+    const int64_t hw = p - n * HW;
+    const int64_t h = hw / W;
+    const int64_t w = hw - h * W;
+    return n * s0 + h * s1 + w * s2;
+  }
+};
+
 // Runs the label pre-pass on the labels' device and current stream and returns the CPU int64 tensor
 // [K + 2]: the counts of ids 0..K-1, then the min and max of all ids (0 included in both, as in the
 // CPU backends: only their comparison with 0..K-1 matters). Synchronises.

@@ -12,19 +12,6 @@ namespace {
 constexpr int64_t kMaxSharedHistogram = 8192;  // label bins kept in shared memory (32 KiB)
 constexpr int kLevelsPerSum = 8;               // levels summed by one launch of sum_levels_kernel
 
-// Pixel p (0 <= p < N*H*W, in NHW order) of a strided [N, H, W] tensor.
-struct PixelIndex {
-  int64_t HW, W;
-  int64_t s0, s1, s2;  // strides of N, H, W
-  __device__ __forceinline__ int64_t offset(int64_t p) const {
-    const int64_t n = p / HW;
-    const int64_t hw = p - n * HW;
-    const int64_t h = hw / W;
-    const int64_t w = hw - h * W;
-    return n * s0 + h * s1 + w * s2;
-  }
-};
-
 // stats: int64 [K + 2], zero on entry: counts of ids 0..K-1, then min and max of all ids (0 is
 // included in both, as in the CPU backend: only their comparison with 0..K-1 matters).
 template <typename label_t>
@@ -106,8 +93,7 @@ at::Tensor label_stats(const at::Tensor& labels, int64_t K) {
   at::Tensor stats = at::zeros({K + 2}, labels.options().dtype(at::kLong));
   const int64_t num_pixels = labels.numel();
   if (num_pixels > 0) {
-    const PixelIndex index{labels.size(1) * labels.size(2), labels.size(2), labels.stride(0),
-                           labels.stride(1), labels.stride(2)};
+    const PixelIndex index = PixelIndex::of(labels);
     const bool shared_histogram = K <= kMaxSharedHistogram;
     const size_t shared_bytes = shared_histogram ? static_cast<size_t>(K) * sizeof(unsigned int) : 0;
     auto* counts = reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>());

@@ -32,6 +32,9 @@ pixel gives loss 0 and gradient 0 instead of NaN. Results are bitwise determinis
 count on one machine; CPUs with different instruction sets (see :func:`cpu_capability`) may
 differ in the last bits.
 
+:func:`ohem_cross_entropy` is the same cross-entropy on each level's hard pixels (OHEM) in one op
+call: the op selects the pixels (no sort) and writes their gradients with the loss.
+
 The tree-min loss works the same way, except that a level's loss also reaches other levels'
 logits (through the min over ancestors and the max over descendants): its backward pass uses the
 forward's gradient only for an all-ones incoming gradient (``losses.sum()``) and otherwise runs the
@@ -67,8 +70,8 @@ if not HAS_EXTENSION:
 from hierparse.ops.decode import upsample_decode  # noqa: E402  (after the library is loaded)
 
 __all__ = [
-    "HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "remap_labels", "reference", "tree_min_loss",
-    "upsample_decode",
+    "HAS_EXTENSION", "cpu_capability", "multilevel_cross_entropy", "ohem_cross_entropy", "remap_labels", "reference",
+    "tree_min_loss", "upsample_decode",
 ]
 
 
@@ -175,6 +178,43 @@ def multilevel_cross_entropy(
     return losses
 
 
+def ohem_cross_entropy(
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    threshold: float = 0.7,
+    min_kept: int = 3000,
+    ignore_index: int = 255,
+    level_weights: Sequence[float] | None = None,
+    class_weights: Sequence[torch.Tensor | None] | None = None,
+    label_smoothing: float = 0.0,
+    align_corners: bool = False,
+    set_members: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`multilevel_cross_entropy` on each level's hard pixels (OHEM, as mmsegmentation's
+    ``OHEMPixelSampler``), in one op call: float32 ``[L]`` (float64 for float64 logits).
+
+    Per level, a valid pixel is kept when the plain softmax probability of its target (for a class
+    set, the summed probability of its members, weighed by their member weights) is below
+    ``max(threshold, p_k)``, ``p_k`` the ``min(min_kept * N, valid - 1)``-th smallest (from 0) of the
+    level's valid pixels; the level's loss is the mean per-pixel loss (class weights, label smoothing
+    and level weight applied) over its kept pixels, 0 when none is kept. The op selects the pixels
+    without sorting and writes the gradients with the loss, so the backward pass only scales them.
+    """
+    logits = list(logits)
+    weights = _level_weights(level_weights, len(logits))
+    options = dict(ignore_index=ignore_index, level_weights=weights, class_weights=class_weights,
+                   label_smoothing=label_smoothing, align_corners=align_corners, set_members=set_members)
+    if not HAS_EXTENSION:
+        return reference.ohem_cross_entropy(logits, labels, table, threshold=threshold, min_kept=min_kept, **options)
+    compute_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
+    losses, _ = torch.ops.hierparse.multilevel_ohem_cross_entropy(
+        logits, labels, table, _packed_class_weights(class_weights, logits), weights, float(label_smoothing),
+        int(ignore_index), compute_grad, bool(align_corners), set_members, float(threshold), int(min_kept))
+    return losses
+
+
 def tree_min_loss(
     logits: Sequence[torch.Tensor],
     labels: torch.Tensor,
@@ -252,6 +292,13 @@ if HAS_EXTENSION:
     ):
         return _fake_outputs(logits, labels, reduction, compute_grad)
 
+    @torch.library.register_fake("hierparse::multilevel_ohem_cross_entropy")
+    def _multilevel_ohem_cross_entropy_fake(
+        logits, labels, table, class_weights, level_weights, label_smoothing, ignore_index, compute_grad,
+        align_corners, set_members, threshold, min_kept,
+    ):
+        return _fake_outputs(logits, labels, _REDUCTION_CODES["mean"], compute_grad)
+
     @torch.library.register_fake("hierparse::tree_min_loss")
     def _tree_min_loss_fake(
         logits, labels, table, parents, level_weights, focal_gamma, ignore_index, reduction, compute_grad,
@@ -264,18 +311,19 @@ if HAS_EXTENSION:
         costs no device sync and no data-dependent branch in a traced graph."""
         return type(grad) is torch.Tensor and grad.device.type == "cpu" and bool(torch.all(grad == 1))
 
-    def _register_autograd(name: str, *, cross_level: bool) -> None:
+    def _register_autograd(name: str, *, cross_level: bool, reduction_arg: int | None = 7) -> None:
         """Autograd of a fused op whose forward pass wrote the gradients of its summed losses, already
         scaled. Each level's gradient is then multiplied by that level's incoming gradient (per pixel
         for reduction "none"), unless the op has to run again with the incoming gradient as
         grad_weights (when it is not all ones): with cross_level (a level's loss reaches other levels'
         logits), or for per-pixel losses of levels upsampled in the op (each pixel's gradient must be
-        weighed before it is scattered to low resolution)."""
+        weighed before it is scattered to low resolution). reduction_arg: the position of the op's
+        reduction argument, None for an op whose losses are per level."""
         op = getattr(torch.ops.hierparse, name)
 
         def setup_context(ctx, inputs, output):
             logits, labels, table = inputs[:3]
-            ctx.reduction = inputs[7]
+            ctx.reduction = _REDUCTION_CODES["mean"] if reduction_arg is None else inputs[reduction_arg]
             grads = output[1]
             ctx.mark_non_differentiable(*grads)
             ctx.set_materialize_grads(False)  # else autograd fills a logits-sized zero "gradient" per level
@@ -314,3 +362,4 @@ if HAS_EXTENSION:
 
     _register_autograd("multilevel_cross_entropy", cross_level=False)
     _register_autograd("tree_min_loss", cross_level=True)
+    _register_autograd("multilevel_ohem_cross_entropy", cross_level=False, reduction_arg=None)

@@ -114,6 +114,45 @@ def multilevel_cross_entropy(
     return torch.stack(losses)
 
 
+def ohem_kept(target_probability: torch.Tensor, valid: torch.Tensor, threshold: float, min_kept: int) -> torch.Tensor:
+    """Boolean mask ``[N, H, W]`` of the pixels OHEM keeps at one level: the valid pixels whose target
+    probability is below ``max(threshold, p_k)``, ``p_k`` the ``min(min_kept * N, valid - 1)``-th
+    smallest (from 0) of the valid pixels' probabilities."""
+    valid_probability = target_probability[valid]
+    if valid_probability.numel() == 0:
+        return valid
+    position = min(min_kept * target_probability.shape[0], valid_probability.numel() - 1)
+    floor = valid_probability.kthvalue(position + 1).values
+    return valid & (target_probability < torch.clamp(floor, min=threshold))
+
+
+def ohem_cross_entropy(
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    threshold: float,
+    min_kept: int,
+    ignore_index: int = 255,
+    set_members: torch.Tensor | None = None,
+    cross_entropy=multilevel_cross_entropy,
+    **options,
+) -> torch.Tensor:
+    """Per level, the mean per-pixel loss of ``cross_entropy`` (``options``: its level weights, class
+    weights, label smoothing, align_corners) over the pixels :func:`ohem_kept` keeps (0 if none),
+    the target probabilities from the plain softmax of the same function."""
+    with torch.no_grad():
+        nll = cross_entropy(logits, labels, table, ignore_index=ignore_index, reduction="none",
+                            set_members=set_members, align_corners=options.get("align_corners", False))
+        valid = table[:, labels.long()] != ignore_index
+        kept = torch.stack([ohem_kept(torch.exp(-nll[level]), valid[level], threshold, min_kept)
+                            for level in range(len(logits))])
+    per_pixel = cross_entropy(logits, labels, table, ignore_index=ignore_index, reduction="none",
+                              set_members=set_members, **options)
+    counts = kept.flatten(1).sum(1).clamp(min=1)
+    return (per_pixel * kept).flatten(1).sum(1) / counts
+
+
 def _set_level_loss(x, target, members, weight, *, ignore_index, label_smoothing, reduction):
     per_pixel = set_cross_entropy(x, target, members, ignore_index=ignore_index, weight=weight,
                                   label_smoothing=label_smoothing)

@@ -218,6 +218,66 @@ def test_cross_entropy_errors_match_the_cpu_op():
     assert str(emulated.value).splitlines()[0] == str(native.value).splitlines()[0]
 
 
+# ------------------------------------------------------------------ hard-pixel mining (OHEM)
+
+# (threshold, min_kept): the threshold is the cut, the floor is found (radix select), only the floor,
+# every valid pixel (min_kept past the count, and past int64 when multiplied by N)
+OHEM_SELECTIONS = [(0.7, 3), (0.02, 40), (1.0, 0), (0.3, 10_000), (0.5, 2**62)]
+
+
+def ohem(logits, labels, table, *, threshold, min_kept, class_weights=None, level_weights=None, smoothing=0.0,
+         compute_grad=True, align_corners=False):
+    """Losses (they come from the same per-pixel losses and kept pixels) and gradients bitwise."""
+    args = (logits, labels, table.to(torch.int64), class_weights, level_weights or [1.0] * len(logits), smoothing,
+            IGNORE, compute_grad, align_corners, None, threshold, min_kept)
+    native = NATIVE.multilevel_ohem_cross_entropy(*args)
+    assert_same_outputs(native, EMULATED.multilevel_ohem_cross_entropy(*args), "none")
+    return native
+
+
+@pytest.mark.parametrize("shape", GRID_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", GRID_FLOATS, ids=str)
+@pytest.mark.parametrize("threshold, min_kept", OHEM_SELECTIONS)
+def test_ohem_every_dtype_shape_and_selection(shape, dtype, threshold, min_kept):
+    logits, labels, table, _ = problem(shape, dtype=dtype)
+    losses, _ = ohem(logits, labels, table, threshold=threshold, min_kept=min_kept, level_weights=[0.25, 0.5, 1.0])
+    assert (losses > 0).all()
+
+
+@pytest.mark.parametrize("label_dtype", GRID_LABEL_DTYPES, ids=str)
+def test_ohem_every_label_dtype(label_dtype):
+    logits, labels, table, _ = problem(SHAPES[2], label_dtype=label_dtype)
+    ohem(logits, labels, table, threshold=0.05, min_kept=30)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_ohem_upsampled_levels_weights_and_smoothing(align_corners):
+    logits, labels, table, _ = problem(SHAPES[2], sizes=[(1, 1), (9, 11), (33, 41)])
+    weights = torch.rand(27, generator=torch.Generator().manual_seed(3)) + 0.5
+    ohem(logits, labels, table, threshold=0.1, min_kept=50, class_weights=weights, smoothing=0.1,
+         align_corners=align_corners)
+    ohem(logits, labels, table, threshold=0.1, min_kept=50, compute_grad=False)
+
+
+def test_ohem_ties_at_the_floor():
+    """Logits of two values: a few distinct probabilities, so the floor's digits are shared by many pixels."""
+    logits, labels, table, _ = problem(SHAPES[2], ignored=0.0)
+    logits = [torch.randint_like(x, 0, 2) for x in logits]
+    for threshold, min_kept in ((0.01, 40), (0.3, 200)):
+        ohem(logits, labels, table, threshold=threshold, min_kept=min_kept)
+
+
+def test_ohem_empty_all_ignored_and_a_level_without_valid_pixels():
+    logits, labels, table, _ = problem((0, 4, 5))
+    ohem(logits, labels, table, threshold=0.7, min_kept=3)
+    logits, labels, table, _ = problem(SHAPES[1])
+    losses, _ = ohem(logits, torch.full_like(labels, IGNORE), table, threshold=0.7, min_kept=3)
+    assert not losses.any()
+    table[1] = IGNORE
+    losses, grads = ohem(logits, labels, table, threshold=0.7, min_kept=3)
+    assert losses[1] == 0 and not grads[1].any() and losses[0] > 0
+
+
 # ------------------------------------------------------------------ tree-min loss
 
 
