@@ -1,14 +1,14 @@
 // CPU kernel of hierparse::multilevel_ohem_cross_entropy (ohem.h): the selection of the kept pixels,
-// level by level, with std::nth_element over the valid pixels' target probabilities (skipped when
-// more than the floor's rank lie below the threshold, which is then the cut).
+// the levels over the threads, with std::nth_element over the valid pixels' target probabilities
+// (skipped when more than the floor's rank lie below the threshold, which is then the cut).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "ohem.h"
@@ -16,50 +16,38 @@
 namespace hierparse {
 namespace {
 
-constexpr int64_t kChunkPixels = int64_t(1) << 15;  // pixels per thread task
-
-// kept[p] (1 or 0) of one level; returns how many are kept. Two passes in chunks over the threads (the valid
-// pixels, those below the threshold; then the mask and its count), and between them, only when the
-// floor may lie at or above the threshold, nth_element over the valid pixels' probabilities.
+// kept[p] (1 or 0) of one level; returns how many are kept. A pass counting the valid pixels and
+// those below the threshold; only when the floor may lie at or above the threshold, nth_element over
+// the valid probabilities' bits (non-negative floats order as their bit patterns, NaN last as in
+// torch, as in the CUDA radix select); a pass writing the mask.
 template <typename scalar_t, typename label_t>
 int64_t keep_level(const scalar_t* probability, const label_t* labels, const int32_t* valid, int64_t num_pixels,
-                int64_t N, scalar_t threshold, int64_t min_kept, scalar_t* kept) {
-  const int64_t chunks = (num_pixels + kChunkPixels - 1) / kChunkPixels;
-  std::vector<int64_t> valid_counts(chunks, 0), below_counts(chunks, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      for (int64_t p = c * kChunkPixels; p < std::min(num_pixels, (c + 1) * kChunkPixels); ++p) {
-        const bool scored = valid[static_cast<int64_t>(labels[p])] != 0;
-        valid_counts[c] += scored;
-        below_counts[c] += scored && probability[p] < threshold;
-      }
-    }
-  });
-  const int64_t count = std::accumulate(valid_counts.begin(), valid_counts.end(), int64_t(0));
-  const int64_t below = std::accumulate(below_counts.begin(), below_counts.end(), int64_t(0));
+                   int64_t N, scalar_t threshold, int64_t min_kept, scalar_t* kept) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 8, uint64_t, uint32_t>;
+  int64_t count = 0, below = 0;
+  for (int64_t p = 0; p < num_pixels; ++p) {
+    const bool scored = valid[static_cast<int64_t>(labels[p])] != 0;
+    count += scored;
+    below += scored && probability[p] < threshold;
+  }
   scalar_t cut = threshold;  // without valid pixels the mask is empty whatever the cut
   if (count > 0 && below <= ohem_floor_rank(min_kept, N, count)) {
-    // the floor lies at or above the threshold: find it (NaN sorts last, as in torch)
     const int64_t rank = ohem_floor_rank(min_kept, N, count);
-    std::vector<scalar_t> values;
-    values.reserve(count);
-    for (int64_t p = 0; p < num_pixels; ++p)
-      if (valid[static_cast<int64_t>(labels[p])]) values.push_back(probability[p]);
-    auto nan_last = [](scalar_t a, scalar_t b) { return a < b || (!std::isnan(a) && std::isnan(b)); };
-    std::nth_element(values.begin(), values.begin() + rank, values.end(), nan_last);
-    cut = values[rank] < threshold ? threshold : values[rank];  // torch.clamp(floor, min=threshold)
+    std::vector<bits_t> bits(count);
+    for (int64_t p = 0, i = 0; p < num_pixels; ++p)
+      if (valid[static_cast<int64_t>(labels[p])]) std::memcpy(&bits[i++], probability + p, sizeof(bits_t));
+    std::nth_element(bits.begin(), bits.begin() + rank, bits.end());
+    scalar_t floor;
+    std::memcpy(&floor, &bits[rank], sizeof(floor));
+    cut = floor < threshold ? threshold : floor;  // torch.clamp(floor, min=threshold)
   }
-  std::vector<int64_t> kept_counts(chunks, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      for (int64_t p = c * kChunkPixels; p < std::min(num_pixels, (c + 1) * kChunkPixels); ++p) {
-        const bool keep = valid[static_cast<int64_t>(labels[p])] && probability[p] < cut;
-        kept[p] = keep;
-        kept_counts[c] += keep;
-      }
-    }
-  });
-  return std::accumulate(kept_counts.begin(), kept_counts.end(), int64_t(0));
+  int64_t kept_count = 0;
+  for (int64_t p = 0; p < num_pixels; ++p) {
+    const bool keep = valid[static_cast<int64_t>(labels[p])] != 0 && probability[p] < cut;
+    kept[p] = keep;
+    kept_count += keep;
+  }
+  return kept_count;
 }
 
 std::tuple<at::Tensor, at::Tensor> ohem_keep_cpu(const at::Tensor& probability, const at::Tensor& labels,
@@ -73,9 +61,14 @@ std::tuple<at::Tensor, at::Tensor> ohem_keep_cpu(const at::Tensor& probability, 
     const probability_t* p = probability.const_data_ptr<probability_t>();
     AT_DISPATCH_INTEGRAL_TYPES(contiguous_labels.scalar_type(), "hierparse_ohem_keep_cpu_labels", [&] {
       const scalar_t* raw = contiguous_labels.const_data_ptr<scalar_t>();
-      for (int64_t l = 0; l < L; ++l)
-        counts.data_ptr<int64_t>()[l] = keep_level(p + l * num_pixels, raw, valid_table.const_data_ptr<int32_t>() + l * K, num_pixels, N,
-                   static_cast<probability_t>(threshold), min_kept, kept.data_ptr<probability_t>() + l * num_pixels);
+      const int32_t* valid = valid_table.const_data_ptr<int32_t>();
+      probability_t* mask = kept.data_ptr<probability_t>();
+      at::parallel_for(0, L, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t l = begin; l < end; ++l)
+          counts.data_ptr<int64_t>()[l] = keep_level(p + l * num_pixels, raw, valid + l * K, num_pixels, N,
+                                                     static_cast<probability_t>(threshold), min_kept,
+                                                     mask + l * num_pixels);
+      });
     });
   });
   return {kept, counts};
