@@ -157,8 +157,12 @@ std::tuple<at::Tensor, at::Tensor> ohem_keep_cuda(const at::Tensor& probability,
           auto* histogram = reinterpret_cast<unsigned long long*>(histograms.data_ptr<int64_t>() +
                                                                   (l * kPasses + pass) * kRadixBins);
           auto* histogram_kernel = digit_histogram_kernel<probability_t, scalar_t>;
-          launch_kernel(histogram_kernel, grid_size(histogram_kernel, num_pixels, 0), kThreads, 0, p, raw, index,
-                        num_pixels, valid, level_state, shift, histogram);
+          const int64_t blocks = grid_size(histogram_kernel, num_pixels, 0);
+          // a block's shared bins are 32-bit: it must see fewer than 2^32 pixels
+          TORCH_CHECK(num_pixels / blocks < (int64_t(1) << 32) - kThreads, "multilevel_ohem_cross_entropy: ",
+                      num_pixels, " pixels a level are too many for the CUDA selection");
+          launch_kernel(histogram_kernel, blocks, kThreads, 0, p, raw, index, num_pixels, valid, level_state, shift,
+                        histogram);
           launch_kernel(pick_digit_kernel, 1, 1, 0, histogram, level_state, shift, pass == 0, min_kept, N);
         }
         auto* keep = keep_kernel<probability_t, scalar_t>;
