@@ -74,7 +74,7 @@ QUOTED = [  # (page, the text quoting mean/std in percent, the study entries the
     ("docs/training.md", "the teacher reaches {a:.2f} against fine-only {b:.2f} at f = 10%, but the ceiling rises more, "
      "to {c:.2f}", {"a": coarse("0.1", "stacked_teacher_long"), "b": coarse("0.1", "stacked_fine_long"),
                    "c": coarse("1.0", "stacked_fine_long")}),
-    ("docs/training.md", "fine-only {a:.2f} (flat, 2 seeds) / {b:.2f} (stacked, 2 seeds) against {c:.2f} with the teacher (2 seeds) and {d:.2f}",
+    ("docs/training.md", "fine-only {a:.2f} (flat, 3 seeds) / {b:.2f} (stacked, 3 seeds) against {c:.2f} with the teacher (3 seeds) and {d:.2f}",
      {"a": coarse("0.25", "flat_fine"), "b": coarse("0.25", "stacked_fine"), "c": coarse("0.25", "stacked_teacher"),
       "d": coarse("0.25", "stacked_marginal")}),
 ]
