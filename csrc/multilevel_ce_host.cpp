@@ -18,6 +18,11 @@ std::string sizes_str(const at::Tensor& t) {
 
 }  // namespace
 
+void check_table_device(const char* op, const char* what, const at::Tensor& t, at::Device device) {
+  TORCH_CHECK_VALUE(t.device() == device || t.is_cpu(), op, ": ", what, " on ", t.device(),
+                    " but level 0 logits are on ", device, " (expected the logits' device or the CPU)");
+}
+
 void check_label_range(int64_t min_label, int64_t max_label, int64_t K, const char* op) {
   TORCH_CHECK_VALUE(min_label >= 0, op, ": labels contain raw id ", min_label, " but the table covers 0..", K - 1);
   TORCH_CHECK_VALUE(max_label < K, op, ": labels contain raw id ", max_label, " but the table covers 0..", K - 1);
@@ -58,8 +63,7 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
 
   TORCH_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(),
                     " but level 0 logits are on ", device);
-  TORCH_CHECK_VALUE(table.device() == device, op, ": table is on ", table.device(),
-                    " but level 0 logits are on ", device);
+  check_table_device(op, "table is", table, device);
   int64_t offset = 0;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& x = logits[l];
@@ -102,8 +106,7 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
     TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == L && m.size(2) >= max_classes, op,
                       ": set_members must be [L, S, C] with L = ", L, " levels and C >= ", max_classes,
                       " (the most classes of a level), got ", sizes_str(m));
-    TORCH_CHECK_VALUE(m.device() == device, op, ": set_members are on ", m.device(), " but level 0 logits are on ",
-                      device);
+    check_table_device(op, "set_members are", m, device);
     max_sets = m.size(1);
     // checked as the kernels store them: float32 (a weight that rounds to 0 or to inf counts as such)
     members_cpu = m.to(at::kCPU, at::kFloat).to(at::kDouble).contiguous();
@@ -232,14 +235,13 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
     TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == total_classes,
                       "multilevel_cross_entropy: packed class weights must have ", total_classes,
                       " entries (the classes of all levels), got ", sizes_str(w));
-    TORCH_CHECK_VALUE(w.device() == device, "multilevel_cross_entropy: class weights are on ", w.device(),
-                      " but the logits are on ", device);
+    check_table_device("multilevel_cross_entropy", "class weights are", w, device);
     const at::Tensor w_cpu = w.to(at::kCPU, at::kDouble).contiguous();
     const double* wp = w_cpu.data_ptr<double>();
     for (LevelPlan& level : plan.levels) {
       for (int64_t c = 0; c < level.num_classes; ++c) level.weight_sum += wp[level.weight_offset + c];
     }
-    plan.class_weights = w.to(at::kFloat).contiguous();
+    plan.class_weights = w.is_cpu() ? to_device(w.to(at::kFloat).contiguous(), device) : w.to(at::kFloat).contiguous();
     plan.class_weights_host = w_cpu.to(at::kFloat).to(at::kDouble);  // the values the kernels read
   } else {
     for (LevelPlan& level : plan.levels) level.weight_sum = static_cast<double>(level.num_classes);

@@ -85,6 +85,11 @@ void check_scorable(const char* op, const Plan& plan, const int64_t* counts);
 // kernels without sets, which may run a table that declares sets as long as no label uses them.
 bool labels_use_sets(const Plan& plan, const int64_t* counts);
 
+// Raises unless a table-like argument (`what` names it: "table is", ...) is on the logits' device or
+// on the CPU. A CPU table is read at plan time without a copy back from the device, so a caller that
+// keeps its tables on the CPU saves a host sync per call.
+void check_table_device(const char* op, const char* what, const at::Tensor& t, at::Device device);
+
 // Raises unless every label id lies in 0..K-1.
 void check_label_range(int64_t min_label, int64_t max_label, int64_t K,
                        const char* op = "multilevel_cross_entropy");

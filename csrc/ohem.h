@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "host_device.h"
+#include "to_device.h"
 
 namespace hierparse {
 
@@ -70,7 +71,7 @@ inline std::tuple<at::Tensor, std::vector<at::Tensor>> ohem_cross_entropy(
   const at::Tensor nll = std::get<0>(cross_entropy.call(logits, labels, table, std::nullopt, unweighted, 0.0,
                                                          ignore_index, kNone, false, align_corners, set_members,
                                                          std::nullopt));
-  const at::Tensor valid_table = table.ne(ignore_index).to(at::kInt).contiguous();
+  const at::Tensor valid_table = on_device(table.ne(ignore_index).to(at::kInt).contiguous(), labels.device());
   const auto [kept, kept_counts] = keep(nll.neg().exp_(), labels, valid_table, threshold, min_kept);
   const at::Tensor counts = kept_counts.clamp_min(1);
   const at::Tensor grad_weights = kept / counts.view({L, 1, 1, 1});

@@ -12,4 +12,9 @@ inline at::Tensor to_device(const at::Tensor& host, at::Device device) {
   return host.pin_memory().to(device, /*non_blocking=*/true);
 }
 
+// t itself when it is on `device`, else (t on the CPU) a copy that the host does not wait for.
+inline at::Tensor on_device(const at::Tensor& t, at::Device device) {
+  return t.device() == device ? t : to_device(t.contiguous(), device);
+}
+
 }  // namespace hierparse

@@ -120,7 +120,7 @@ def resolve_level_weights(level_weights: Sequence[float] | str | None, hierarchy
 
 def class_weight_tensors(class_weights: Sequence[torch.Tensor | Sequence[float] | None] | None,
                          hierarchy: Hierarchy) -> list[torch.Tensor]:
-    """float32 ``[C_l]`` per level (ones for a None entry); an empty list for no class weights."""
+    """float32 ``[C_l]`` per level on the CPU (ones for a None entry); an empty list for no class weights."""
     if class_weights is None:
         return []
     if len(class_weights) != hierarchy.num_levels:
@@ -129,7 +129,7 @@ def class_weight_tensors(class_weights: Sequence[torch.Tensor | Sequence[float] 
     tensors = []
     for level, weights in enumerate(class_weights):
         count = hierarchy.num_classes[level]
-        tensor = torch.ones(count) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        tensor = torch.ones(count) if weights is None else torch.as_tensor(weights).to("cpu", torch.float32)
         if tensor.shape != (count,):
             raise ValueError(f"class weights of level {level} ({hierarchy.level_names[level]}) have "
                              f"{tensor.numel()} entries but the level has {count} classes")
@@ -185,18 +185,15 @@ class HierarchicalLoss(nn.Module):
         self.parents = [self.hierarchy.parents(level) for level in range(1, levels)]
         self.level_weights = resolve_level_weights(level_weights, self.hierarchy)
         self.label_smoothing = float(label_smoothing)
-        table = self.hierarchy.exact_table() if coarse_labels == "ignore" else self.hierarchy.label_table()
-        self.register_buffer("table", table, persistent=False)
-        members = self.hierarchy.set_members()
+        # The tables stay on the CPU whatever the module's device: the op reads them on the host
+        # anyway and copies them to the logits' device itself, without a host sync.
+        self.table = self.hierarchy.exact_table() if coarse_labels == "ignore" else self.hierarchy.label_table()
+        self.set_members = self.hierarchy.set_members()
         if coarse_labels == "balanced":
             if class_pixels is None:
                 raise ValueError("coarse_labels balanced needs the pixel counts of exactly labelled data (class_pixels)")
-            members = balanced_members(self.hierarchy, torch.as_tensor(class_pixels))
-        self.register_buffer("set_members", members, persistent=False)
-        self._class_weight_names = []
-        for level, tensor in enumerate(class_weight_tensors(class_weights, self.hierarchy)):
-            self.register_buffer(f"class_weights_{level}", tensor, persistent=False)
-            self._class_weight_names.append(f"class_weights_{level}")
+            self.set_members = balanced_members(self.hierarchy, torch.as_tensor(class_pixels))
+        self.class_weights = class_weight_tensors(class_weights, self.hierarchy)
 
     def forward(self, logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         levels = self.hierarchy.num_levels
@@ -225,9 +222,7 @@ class HierarchicalLoss(nn.Module):
         options = dict(
             ignore_index=self.hierarchy.ignore_index,
             level_weights=None if self.level_weights is None else [self.level_weights[l] for l in chosen],
-            class_weights=[getattr(self, self._class_weight_names[l]) for l in chosen]
-            if self._class_weight_names
-            else None,
+            class_weights=[self.class_weights[l] for l in chosen] if self.class_weights else None,
             label_smoothing=self.label_smoothing,
             set_members=set_members,
         )

@@ -310,7 +310,7 @@ def test_grad_weights_are_checked():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_tensors_on_different_devices():
+def test_cuda_and_cpu_tensors_mixed():
     logits, labels, table = problem([(2, 4, 6)], n=1, H=6, W=7, num_ids=3)
     bad("labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table)
     bad("level 1 logits are on cpu but level 0 logits are on cuda:0",

@@ -4,6 +4,7 @@ pytest-benchmark JSON, and the selection of CUDA tests names files that exist.""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -23,6 +24,26 @@ def test_the_script_is_valid_bash_and_its_test_files_exist():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     listed = re.findall(r"(tests/test_\w+\.py|benchmarks/test_\w+\.py)", SCRIPT.read_text())
     assert listed and all((ROOT / path).is_file() for path in listed), listed
+
+
+def gpu_only_tests() -> list[tuple[str, str]]:
+    """(file, name) of every test function that skips without a GPU (a skipif on torch.cuda.is_available())."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    "skipif" in ast.unparse(d) and "not torch.cuda.is_available()" in ast.unparse(d)
+                    for d in node.decorator_list):
+                found.append((f"tests/{path.name}", node.name))
+    return found
+
+
+def test_the_script_selects_every_gpu_only_test():
+    """The script runs its files' tests with "cuda" in their ids: a GPU-only test must say cuda."""
+    listed = set(re.findall(r"tests/test_\w+\.py", SCRIPT.read_text()))
+    tests = gpu_only_tests()
+    assert len(tests) >= 8, tests
+    assert [t for t in tests if t[0] not in listed or "cuda" not in t[1]] == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

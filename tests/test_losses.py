@@ -63,7 +63,7 @@ def test_low_resolution_logits_go_to_the_fused_op_without_interpolate(ohem, monk
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_low_resolution_logits_on_a_gpu_match_the_cpu():
+def test_low_resolution_logits_on_cuda_match_the_cpu():
     """The CUDA kernel upsamples inside the op too (its gather algorithm): the same losses as the CPU."""
     h = hierparse.load_hierarchy("lip")
     g = torch.Generator().manual_seed(6)
@@ -85,11 +85,14 @@ def test_flat_model_is_scored_on_the_finest_level():
     torch.testing.assert_close(got[0], want)
 
 
-def test_table_and_weights_follow_the_module_device():
-    loss = HierarchicalLoss("lip", class_weights=[None, torch.ones(5), None]).to(torch.float64)
-    assert loss.table.dtype == torch.int64  # .to(dtype) leaves the integer table alone
-    assert {name for name, _ in loss.named_buffers()} == {"table", "set_members", "class_weights_0",
-                                                            "class_weights_1", "class_weights_2"}
+def test_tables_and_weights_stay_float32_on_the_cpu():
+    """The op reads them on the host: kept there, a GPU step copies nothing back (no host sync)."""
+    loss = HierarchicalLoss("lip", class_weights=[None, torch.ones(5, dtype=torch.float64), None])
+    loss = loss.to(torch.float64).to("meta")
+    assert list(loss.buffers()) == []
+    for tensor in (loss.table, loss.set_members, *loss.class_weights):
+        assert tensor.device.type == "cpu"
+    assert loss.table.dtype == torch.int64 and [w.dtype for w in loss.class_weights] == [torch.float32] * 3
 
 
 def test_bad_input():

@@ -273,7 +273,7 @@ def test_all_reduce_across_two_processes(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_counts_on_the_device_of_the_inputs():
+def test_counts_on_the_cuda_device_of_the_inputs():
     hierarchy = load_hierarchy("pascal_person_part")
     preds, labels = random_batch(hierarchy, (2, 9, 7), seed=3)
     on_cpu = ParsingMetrics(hierarchy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
@@ -371,11 +372,64 @@ def test_mixed_dtypes_and_devices():
     bad("logits must be float32, float64, float16 or bfloat16", [x.long() for x in logits], labels, table)
 
 
+def test_tables_on_another_device_than_the_logits_or_the_cpu():
+    """The CPU kernel itself (a meta table would dispatch to the fake kernel) refuses each table
+    argument on a device other than the logits' or the CPU."""
+    logits, labels, table = random_problem(classes=(2, 3), num_ids=3)
+    cpu_kernel = functools.partial(torch.ops.hierparse.multilevel_cross_entropy.default.redispatch,
+                                   torch._C.DispatchKeySet(torch._C.DispatchKey.CPU))
+    meta = {"table": table.to("meta"), "class_weights": torch.ones(5, device="meta"),
+            "set_members": torch.zeros(2, 1, 3, device="meta")}
+    for name, what in (("table", "table is"), ("class_weights", "class weights are"), ("set_members", "set_members are")):
+        args = {"table": table, "class_weights": None, "set_members": None, name: meta[name]}
+        with pytest.raises(ValueError, match=f"multilevel_cross_entropy: {what} on meta but level 0 logits are on "
+                                             r"cpu \(expected the logits' device or the CPU\)"):
+            cpu_kernel(logits, labels, args["table"], args["class_weights"], [1.0, 1.0], 0.0, IGNORE, 1, False,
+                       False, args["set_members"], None)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_tensors_on_different_devices():
+def test_cuda_and_cpu_tensors_mixed():
     logits, labels, table = random_problem(classes=(2, 3), num_ids=3)
     bad("labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table)
-    bad("table is on cpu but level 0 logits are on cuda:0", [x.cuda() for x in logits], labels.cuda(), table)
+    bad("table is on cuda:0 but level 0 logits are on cpu", logits, labels, table.cuda())
+
+
+def host_syncs(call) -> int:
+    """How many times `call()` makes the host wait for the GPU (torch's sync debug mode)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_logits_take_cpu_tables_without_a_host_sync():
+    """Table, class sets and class weights on the CPU give the bits of device copies, and a call then
+    waits for the GPU once (its label pre-pass; OHEM twice), where device copies add a wait each."""
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 20, (2, 33, 40), generator=g, dtype=torch.uint8).cuda()  # set_members unused
+    logits = [torch.randn(2, c, 17, 20, generator=g).cuda() for c in h.num_classes]
+    weights = [torch.rand(c, generator=g) + 0.5 for c in h.num_classes]
+    cpu = dict(table=h.label_table(), set_members=h.set_members(), class_weights=weights)
+    gpu = {"table": cpu["table"].cuda(), "set_members": cpu["set_members"].cuda(),
+           "class_weights": [w.cuda() for w in weights]}
+    calls = {
+        "cross_entropy": (1, lambda t: ops.multilevel_cross_entropy(logits, labels, **t)),
+        "ohem": (2, lambda t: ops.ohem_cross_entropy(logits, labels, threshold=0.7, min_kept=100, **t)),
+    }
+    for name, (syncs, call) in calls.items():
+        want = call(gpu)
+        assert torch.equal(call(cpu), want), name
+        assert host_syncs(lambda: call(cpu)) <= syncs < host_syncs(lambda: call(gpu)), name
 
 
 def test_weights_of_the_wrong_length():

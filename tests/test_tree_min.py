@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import hierparse
 from hierparse import ops
@@ -54,12 +55,47 @@ def check_against_reference(logits, labels, table, parents, **options):
     rtol, grad_atol = TOLERANCE[dtype]
     assert got.dtype == want.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(1.0, want.abs().max().item()))
-    for weights in (torch.ones_like(want), torch.randn_like(want)):  # the fused gradient, and the rerun
-        got_grads = torch.autograd.grad((got * weights).sum(), leaves, retain_graph=True)
-        want_grads = torch.autograd.grad((want * weights).sum(), refs, retain_graph=True)
+    weights = torch.randn_like(want)
+    objectives = (lambda losses: losses.sum(),  # the fused gradient
+                  lambda losses: 3 * losses.sum(),  # the same, scaled (a uniform incoming gradient)
+                  lambda losses: (losses * weights).sum())  # the rerun
+    for objective in objectives:
+        got_grads = torch.autograd.grad(objective(got), leaves, retain_graph=True)
+        want_grads = torch.autograd.grad(objective(want), refs, retain_graph=True)
         for g, r in zip(got_grads, want_grads):
             assert g.dtype == dtype and g.shape == r.shape
             torch.testing.assert_close(g, r, rtol=rtol, atol=grad_atol * max(1.0, r.abs().max().item()))
+
+
+class OpCalls(TorchDispatchMode):
+    """Counts the calls of the fused tree-min op."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.hierparse.tree_min_loss.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_a_uniform_incoming_gradient_reuses_the_forward_gradient(device, reduction):
+    """A scaled sum (as a GradScaler gives it) scales the forward's gradient on any device, with no
+    second kernel run and no device sync; any other incoming gradient runs the kernel again."""
+    logits, labels, table, parents = problem("small", device=device)
+    leaves = [x.requires_grad_(True) for x in logits]
+    losses = ops.tree_min_loss(leaves, labels, table, parents, reduction=reduction)
+    fused = torch.autograd.grad(losses.sum(), leaves, retain_graph=True)
+    objectives = {0: lambda: 1024 * losses.sum(),  # d/dlosses: 1024 expanded, one element in memory
+                  1: lambda: (losses * torch.full_like(losses, 1024)).sum()}  # the same values, materialised
+    for reruns, objective in objectives.items():
+        with OpCalls() as calls:
+            grads = torch.autograd.grad(objective(), leaves, retain_graph=True)
+        assert calls.calls == reruns
+        for got, want in zip(grads, fused):
+            torch.testing.assert_close(got, 1024 * want, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -241,11 +277,13 @@ def test_bad_labels_and_options(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_tensors_on_different_devices():
+def test_cuda_and_cpu_tensors_mixed():
     logits, labels, table, parents = problem("small")
     bad("tree_min_loss: labels are on cuda:0 but level 0 logits are on cpu", logits, labels.cuda(), table, parents)
     cuda_logits = [x.cuda() for x in logits]
-    bad("tree_min_loss: table is on cpu but level 0 logits are on cuda:0", cuda_logits, labels.cuda(), table, parents)
+    bad("tree_min_loss: table is on cuda:0 but level 0 logits are on cpu", logits, labels, table.cuda(), parents)
+    on_cpu = ops.tree_min_loss(cuda_logits, labels.cuda(), table, parents)  # a CPU table serves any device
+    torch.testing.assert_close(on_cpu, ops.tree_min_loss(cuda_logits, labels.cuda(), table.cuda(), parents), rtol=0, atol=0)
     bad("tree_min_loss: level 1 logits are on cpu but level 0 logits are on cuda:0",
         [cuda_logits[0], logits[1], cuda_logits[2]], labels.cuda(), table.cuda(), parents)
     flat = [p for entry in parents for p in entry]

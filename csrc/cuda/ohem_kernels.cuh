@@ -1,7 +1,10 @@
 // CUDA kernels of hierparse::multilevel_ohem_cross_entropy (ohem.h): the selection of the kept
 // pixels, level by level, as a radix select over the bits of the target probabilities (non-negative
 // floats order as their bit patterns), 8 bits a pass, all on the device:
-//   count_valid_kernel       the level's valid pixels;
+//   count_kernel             the level's valid pixels, and those below the threshold;
+//   start_select_kernel      one thread: the floor's rank, and whether the threshold is the cut (more
+//                            valid pixels than the rank lie below it, so the floor is under it: the
+//                            passes below then return at once, as the CPU skips its nth_element);
 //   digit_histogram_kernel   per pass, the histogram of the next 8 bits of the valid pixels whose
 //                            higher bits equal the floor's found so far (shared-memory bins, then
 //                            one integer atomic per bin and block);
@@ -9,7 +12,8 @@
 //   keep_kernel              kept = valid and probability < max(floor, threshold) (1 or 0), and their count.
 // 4 passes for float32 probabilities, 8 for float64; integer atomics only, so the result does not
 // depend on the order of the blocks. The same kept pixels as the CPU's nth_element (the floor is the
-// exact rank-th value either way).
+// exact rank-th value either way). Nothing is read back to the host: the decision to skip the
+// passes lives in the level's state on the device.
 //
 // Compiled by ohem_cuda.cu for the GPU and by csrc/emulate/ohem.cpp for the CPU emulation.
 #pragma once
@@ -29,9 +33,10 @@ namespace {
 
 constexpr int kRadixBits = 8;
 constexpr int kRadixBins = 1 << kRadixBits;
-// A level's selection state, unsigned long long [kStateSize]: its valid pixels, the rank still to
-// find within the current prefix, the floor's bits found so far, and its kept pixels.
-constexpr int kValid = 0, kRank = 1, kFloorBits = 2, kKept = 3, kStateSize = 4;
+// A level's selection state, unsigned long long [kStateSize]: its valid pixels, those below the
+// threshold, 1 when the threshold is the cut (no pass needed), the rank still to find within the
+// current prefix, the floor's bits found so far, and its kept pixels.
+constexpr int kValid = 0, kBelow = 1, kThresholdIsCut = 2, kRank = 3, kFloorBits = 4, kKept = 5, kStateSize = 6;
 
 template <typename scalar_t>
 using BitsOf = std::conditional_t<sizeof(scalar_t) == 8, unsigned long long, unsigned int>;
@@ -61,15 +66,33 @@ __device__ __forceinline__ void add_block_count(unsigned long long count, unsign
   if (threadIdx.x == 0 && block_count != 0) atomicAdd(&state[slot], block_count);
 }
 
-template <typename label_t>
+template <typename scalar_t, typename label_t>
 __global__ void __launch_bounds__(kThreads)
-    count_valid_kernel(const label_t* __restrict__ labels, PixelIndex index, int64_t num_pixels,
-                       const int32_t* __restrict__ valid, unsigned long long* __restrict__ state) {
-  unsigned long long count = 0;
+    count_kernel(const scalar_t* __restrict__ probability, const label_t* __restrict__ labels, PixelIndex index,
+                 int64_t num_pixels, const int32_t* __restrict__ valid, scalar_t threshold,
+                 unsigned long long* __restrict__ state) {
+  unsigned long long count = 0, below = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; p < num_pixels; p += stride)
-    count += valid[static_cast<int64_t>(labels[index.offset(p)])] != 0;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; p < num_pixels; p += stride) {
+    const bool scored = valid[static_cast<int64_t>(labels[index.offset(p)])] != 0;
+    count += scored;
+    below += scored && probability[p] < threshold;
+  }
   add_block_count(count, state, kValid);
+  add_block_count(below, state, kBelow);
+}
+
+// One thread: the floor's rank, and whether the threshold is the cut (also for a level without
+// valid pixels, whose mask is empty whatever the cut).
+__global__ void start_select_kernel(unsigned long long* __restrict__ state, int64_t min_kept, int64_t N) {
+  if (threadIdx.x != 0) return;
+  if (state[kValid] == 0) {
+    state[kThresholdIsCut] = 1;
+    return;
+  }
+  const auto rank = static_cast<unsigned long long>(ohem_floor_rank(min_kept, N, static_cast<int64_t>(state[kValid])));
+  state[kRank] = rank;
+  state[kThresholdIsCut] = state[kBelow] > rank;
 }
 
 // histogram[b] += the valid pixels whose bits above `shift + 8` equal the floor's found so far and
@@ -81,6 +104,7 @@ __global__ void __launch_bounds__(kThreads)
                            const unsigned long long* __restrict__ state, int shift,
                            unsigned long long* __restrict__ histogram) {
   using bits_t = BitsOf<scalar_t>;
+  if (state[kThresholdIsCut]) return;  // the whole block: the floor is not needed
   __shared__ unsigned int bins[kRadixBins];
   for (int b = threadIdx.x; b < kRadixBins; b += kThreads) bins[b] = 0;
   __syncthreads();
@@ -99,14 +123,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One thread: the bin of `histogram` that holds the remaining rank, appended to the floor's bits
-// (the first pass starts the rank at ohem_floor_rank).
+// One thread: the bin of `histogram` that holds the remaining rank, appended to the floor's bits.
 __global__ void pick_digit_kernel(const unsigned long long* __restrict__ histogram,
-                                  unsigned long long* __restrict__ state, int shift, bool first_pass,
-                                  int64_t min_kept, int64_t N) {
-  if (threadIdx.x != 0 || state[kValid] == 0) return;
-  if (first_pass)
-    state[kRank] = static_cast<unsigned long long>(ohem_floor_rank(min_kept, N, static_cast<int64_t>(state[kValid])));
+                                  unsigned long long* __restrict__ state, int shift) {
+  if (threadIdx.x != 0 || state[kThresholdIsCut]) return;
   const unsigned long long rank = state[kRank];
   unsigned long long before = 0;
   int bin = 0;
@@ -122,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
                 scalar_t threshold, scalar_t* __restrict__ kept) {
   const bool any_valid = state[kValid] != 0;
   const scalar_t floor = value_of<scalar_t>(static_cast<BitsOf<scalar_t>>(state[kFloorBits]));
-  const scalar_t cut = floor < threshold ? threshold : floor;  // torch.clamp(floor, min=threshold)
+  const scalar_t cut = state[kThresholdIsCut] || floor < threshold ? threshold : floor;  // clamp(floor, min=threshold)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   unsigned long long count = 0;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; p < num_pixels; p += stride) {
@@ -150,8 +170,10 @@ std::tuple<at::Tensor, at::Tensor> ohem_keep_cuda(const at::Tensor& probability,
         const probability_t* p = probability.const_data_ptr<probability_t>() + l * num_pixels;
         const int32_t* valid = valid_table.const_data_ptr<int32_t>() + l * K;
         auto* level_state = reinterpret_cast<unsigned long long*>(state.data_ptr<int64_t>() + l * kStateSize);
-        launch_kernel(count_valid_kernel<scalar_t>, grid_size(count_valid_kernel<scalar_t>, num_pixels, 0), kThreads,
-                      0, raw, index, num_pixels, valid, level_state);
+        auto* count = count_kernel<probability_t, scalar_t>;
+        launch_kernel(count, grid_size(count, num_pixels, 0), kThreads, 0, p, raw, index, num_pixels, valid,
+                      static_cast<probability_t>(threshold), level_state);
+        launch_kernel(start_select_kernel, 1, 1, 0, level_state, min_kept, N);
         for (int pass = 0; pass < kPasses; ++pass) {
           const int shift = (kPasses - 1 - pass) * kRadixBits;
           auto* histogram = reinterpret_cast<unsigned long long*>(histograms.data_ptr<int64_t>() +
@@ -163,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> ohem_keep_cuda(const at::Tensor& probability,
                       num_pixels, " pixels a level are too many for the CUDA selection");
           launch_kernel(histogram_kernel, blocks, kThreads, 0, p, raw, index, num_pixels, valid, level_state, shift,
                         histogram);
-          launch_kernel(pick_digit_kernel, 1, 1, 0, histogram, level_state, shift, pass == 0, min_kept, N);
+          launch_kernel(pick_digit_kernel, 1, 1, 0, histogram, level_state, shift);
         }
         auto* keep = keep_kernel<probability_t, scalar_t>;
         launch_kernel(keep, grid_size(keep, num_pixels, 0), kThreads, 0, p, raw, index, num_pixels, valid,

@@ -37,7 +37,8 @@ call: the op selects the pixels (no sort) and writes their gradients with the lo
 
 The tree-min loss works the same way, except that a level's loss also reaches other levels'
 logits (through the min over ancestors and the max over descendants): its backward pass uses the
-forward's gradient only for an all-ones incoming gradient (``losses.sum()``) and otherwise runs the
+forward's gradient only for a uniform incoming gradient (``losses.sum()``, also scaled, as a
+``GradScaler`` does: seen from its strides, on any device without a sync) and otherwise runs the
 kernel again, weighted by the incoming gradient.
 """
 
@@ -135,7 +136,8 @@ def multilevel_cross_entropy(
     """Per-level softmax cross-entropy of ``logits`` (coarse -> fine) against raw ``labels``.
 
     Returns float32 ``[L]`` (float64 for float64 logits), or ``[L, N, H, W]`` per-pixel losses
-    for ``reduction="none"``. ``table`` is ``Hierarchy.label_table()`` (on the logits' device).
+    for ``reduction="none"``. ``table`` is ``Hierarchy.label_table()``, on the logits' device or (best
+    for CUDA logits: no host sync) on the CPU, as may be ``set_members`` and the class weights.
     A level's logits may be smaller than the labels (``[N, C, h, w]``, ``h <= H``, ``w <= W``):
     they are scored as if upsampled by ``F.interpolate(mode="bilinear", align_corners=align_corners)``.
     ``set_members`` ``[L, S, C]`` (``Hierarchy.set_members()``) lets table entries name class sets.
@@ -311,11 +313,19 @@ if HAS_EXTENSION:
         costs no device sync and no data-dependent branch in a traced graph."""
         return type(grad) is torch.Tensor and grad.device.type == "cpu" and bool(torch.all(grad == 1))
 
+    def _uniform_value(grad: torch.Tensor) -> torch.Tensor | None:
+        """The incoming gradient's one value (a 0-dim view) when all its entries are one element
+        in memory, as ``losses.sum()`` (or ``scaler.scale(losses.sum())``) gives it, else None: a
+        proof of uniformity read from the strides, so no device sync (traced tensors: None)."""
+        if type(grad) is not torch.Tensor or any(n > 1 and s != 0 for n, s in zip(grad.shape, grad.stride())):
+            return None
+        return grad[(0,) * grad.dim()]
+
     def _register_autograd(name: str, *, cross_level: bool, reduction_arg: int | None = 7) -> None:
         """Autograd of a fused op whose forward pass wrote the gradients of its summed losses, already
         scaled. Each level's gradient is then multiplied by that level's incoming gradient (per pixel
         for reduction "none"), unless the op has to run again with the incoming gradient as
-        grad_weights (when it is not all ones): with cross_level (a level's loss reaches other levels'
+        grad_weights (when it is not uniform): with cross_level (a level's loss reaches other levels'
         logits), or for per-pixel losses of levels upsampled in the op (each pixel's gradient must be
         weighed before it is scattered to low resolution). reduction_arg: the position of the op's
         reduction argument, None for an op whose losses are per level."""
@@ -343,8 +353,11 @@ if HAS_EXTENSION:
             if grad_losses is None:  # the losses were not used
                 return [None] * ctx.num_levels, *none
             if ctx.rerun:
+                uniform = _uniform_value(grad_losses) if grads else None
                 if grads and _is_one(grad_losses):
                     logit_grads = list(grads)
+                elif uniform is not None:  # the gradient of the summed losses, scaled
+                    logit_grads = [g * uniform.to(g.dtype) for g in grads]
                 else:
                     labels, table, *logits = ctx.saved_tensors[ctx.num_grads:]
                     _, logit_grads = op(logits, labels, table, *ctx.options, True, *ctx.extra, grad_losses)

@@ -52,7 +52,7 @@ def _target_rows(x: torch.Tensor, members: torch.Tensor, weight: torch.Tensor | 
     """Member weights of every table entry ``[C + S, C]`` (one-hot classes, then the sets), the class
     weights ``[C]`` and each entry's class weight ``[C + S]``, in the logits' type."""
     classes = x.shape[1]
-    weight = torch.ones(classes, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    weight = torch.ones(classes, dtype=x.dtype, device=x.device) if weight is None else weight.to(x)
     rows = torch.cat([torch.eye(classes, dtype=x.dtype, device=x.device), members[:, :classes].to(x)])
     return rows, weight, (rows @ weight) / rows.sum(1)
 
@@ -102,7 +102,7 @@ def multilevel_cross_entropy(
         loss = F.cross_entropy(
             x,
             target,
-            weight=None if weight is None else weight.to(out_dtype),
+            weight=None if weight is None else weight.to(x),
             ignore_index=ignore_index,
             label_smoothing=label_smoothing,
             reduction=reduction,
@@ -144,7 +144,7 @@ def ohem_cross_entropy(
     with torch.no_grad():
         nll = cross_entropy(logits, labels, table, ignore_index=ignore_index, reduction="none",
                             set_members=set_members, align_corners=options.get("align_corners", False))
-        valid = table[:, labels.long()] != ignore_index
+        valid = remap_labels(labels, table) != ignore_index
         kept = torch.stack([ohem_kept(torch.exp(-nll[level]), valid[level], threshold, min_kept)
                             for level in range(len(logits))])
     per_pixel = cross_entropy(logits, labels, table, ignore_index=ignore_index, reduction="none",
