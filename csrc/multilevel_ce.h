@@ -137,4 +137,44 @@ HP_HOST_DEVICE T logit_gradient(const LevelCoefficients<S>& k, T exp_d, T softma
   return is_target ? g - k.one_minus_eps * w_target * k.scale : g;
 }
 
+// Libm's exp and log in the compute type (expf/logf for float; the CUDA math library on the GPU),
+// for the class-set terms, which are not bounded as d_c <= 0 and s >= 1 are.
+HP_HOST_DEVICE float precise_exp(float x) { return expf(x); }
+HP_HOST_DEVICE double precise_exp(double x) { return exp(x); }
+HP_HOST_DEVICE float precise_log(float x) { return logf(x); }
+HP_HOST_DEVICE double precise_log(double x) { return log(x); }
+
+// A pixel labelled with class set s of a level (table entry C + s, a node above the level) is scored
+// by the marginal likelihood: its "target logit" is log sum_c a_c exp(x_c) over the members c, with
+// member weights a_c; the kernels read the set as a dense row of log a_c over the level's C classes
+// (-inf off the set). SetScore holds that log-sum-exp as top = max_c (x_c + log a_c) and
+// sum = sum_c exp(x_c + log a_c - top), and each member's share of the set's probability.
+template <typename S>
+struct SetScore {
+  S top, sum;
+
+  HP_HOST_DEVICE bool finite() const { return top != S(INFINITY) && top != S(-INFINITY); }
+  // Every member at -inf (the loss is +inf), or one at +inf: as torch.logsumexp.
+  HP_HOST_DEVICE S log_sum() const { return finite() ? top + precise_log(sum) : top; }
+  // a_c exp(x_c) / sum_k a_k exp(x_k) of class c with logit x and log weight log_a (0 off the set).
+  HP_HOST_DEVICE S share(S x, double log_a) const {
+    return finite() && log_a != -INFINITY ? precise_exp(x + static_cast<S>(log_a) - top) / sum : S(0);
+  }
+};
+
+// The set's score from its dense log-weight row and logit(c), the pixel's class-c logit (compute type).
+template <typename S, typename Logit>
+HP_HOST_DEVICE SetScore<S> score_set(const double* log_row, int64_t C, const Logit& logit) {
+  SetScore<S> score{S(-INFINITY), S(0)};
+  for (int64_t c = 0; c < C; ++c) {
+    if (log_row[c] == -INFINITY) continue;
+    const S v = logit(c) + static_cast<S>(log_row[c]);
+    score.top = v > score.top ? v : score.top;  // fmax: a NaN never wins
+  }
+  if (!score.finite()) return score;
+  for (int64_t c = 0; c < C; ++c)
+    if (log_row[c] != -INFINITY) score.sum += precise_exp(logit(c) + static_cast<S>(log_row[c]) - score.top);
+  return score;
+}
+
 }  // namespace hierparse

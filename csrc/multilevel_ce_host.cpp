@@ -263,23 +263,11 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
       }
     }
     plan.set_weights = to_device(at::tensor(plan.set_weight_values, at::kDouble), device);
-    const int64_t rows = static_cast<int64_t>(plan.set_weight_values.size()), packed = members.numel();
-    plan.set_classes = at::zeros({packed}, at::kInt);
-    plan.set_log_weights = at::zeros({packed}, at::kDouble);
-    plan.set_sizes = at::zeros({rows}, at::kInt);
-    for (const LevelPlan& level : plan.levels) {
-      for (int64_t s = 0; s < level.num_sets; ++s) {
-        const int64_t row = level.member_offset + s * level.num_classes;
-        const double* weights = members.data_ptr<double>() + row;
-        int32_t& size = plan.set_sizes.data_ptr<int32_t>()[level.set_offset + s];
-        for (int64_t c = 0; c < level.num_classes; ++c) {
-          if (weights[c] <= 0) continue;
-          plan.set_classes.data_ptr<int32_t>()[row + size] = static_cast<int32_t>(c);
-          plan.set_log_weights.data_ptr<double>()[row + size] = std::log(weights[c]);
-          ++size;
-        }
-      }
-    }
+    plan.set_log_rows_host = at::empty_like(members);
+    const double* weights = members.const_data_ptr<double>();
+    double* log_rows = plan.set_log_rows_host.data_ptr<double>();
+    for (int64_t i = 0; i < members.numel(); ++i) log_rows[i] = weights[i] > 0 ? std::log(weights[i]) : -INFINITY;
+    plan.set_log_rows = to_device(plan.set_log_rows_host, device);
   }
   return plan;
 }

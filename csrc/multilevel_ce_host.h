@@ -37,9 +37,9 @@ struct Plan {
   at::Tensor member_rows_host;  // member_rows on the host
   std::vector<uint8_t> set_ids;  // per raw id: 1 when its entry is a set at some level
   std::vector<double> set_weight_values;  // set_weights on the host
-  // The same sets as member lists for the CPU kernel (host memory): set_classes int32 [sum S_l C_l] (the
-  // first set_sizes[s] entries of row s are its member classes), set_log_weights float64 (their log weights).
-  at::Tensor set_classes, set_sizes, set_log_weights;
+  // The same sets as the kernels read them (multilevel_ce.h's score_set): float64 [sum S_l C_l], each
+  // member's log weight and -inf off the set; on the logits' device and on the host.
+  at::Tensor set_log_rows, set_log_rows_host;
   // Raw ids whose table entry at some level is past its classes and sets (e.g. a class set given without
   // set_members): the level (-1: none) and the entry. They are ignored in the int32 table and raise as
   // soon as a label uses them (check_scorable), so a table may hold entries that no label needs.

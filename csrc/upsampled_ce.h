@@ -106,6 +106,8 @@ struct UpsampledLevel {
   BilinearAxis<acc_t> rows, cols;
   const int32_t* table;     // row of raw id -> class, -1 = ignored (ids already range-checked)
   const float* class_w;     // C weights or nullptr (all 1)
+  const double* set_log_rows;  // [S, C] class sets (multilevel_ce.h's score_set), or nullptr without sets
+  const double* set_weights;   // [S] their class weights
   acc_t* loss_map;          // [N, H, W] for reduction "none" (level-weighted losses), else nullptr
   const acc_t* grad_weights;  // [N, H, W] per-pixel gradient weights (reduction "none"), or nullptr
   LevelCoefficients<acc_t> k;
@@ -131,8 +133,10 @@ HP_HOST_DEVICE acc_t upsampled_logit(const UpsampledLevel<scalar_t, acc_t, label
 // One full-resolution pixel's loss and what its gradients need (multilevel_ce.h's arithmetic).
 template <typename acc_t>
 struct PixelSoftmax {
-  int32_t target;  // -1 when ignored
+  int32_t target;  // -1 when ignored, C + s for class set s
   acc_t max, coefficient, w_target, loss;
+  const double* set_log_row;  // the set's row of log weights, nullptr unless the target is a set
+  SetScore<acc_t> set;
 };
 
 template <typename scalar_t, typename acc_t, typename label_t>
@@ -151,8 +155,18 @@ HP_HOST_DEVICE PixelSoftmax<acc_t> pixel_softmax(const UpsampledLevel<scalar_t, 
     if (a.smoothing) weighted_d += (a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1)) * d;
   }
   p.max = m;
-  p.w_target = valid ? (a.class_w ? static_cast<acc_t>(a.class_w[p.target]) : acc_t(1)) : acc_t(0);
-  const acc_t d_target = valid ? upsampled_logit(a, image, p.target, ty, tx) - m : acc_t(0);
+  p.set_log_row = nullptr;
+  acc_t d_target = 0;
+  p.w_target = 0;
+  if (p.target >= a.C) {  // a class set: its log-sum-exp is the target logit
+    p.set_log_row = a.set_log_rows + (p.target - a.C) * a.C;
+    p.set = score_set<acc_t>(p.set_log_row, a.C, [&](int64_t c) { return upsampled_logit(a, image, c, ty, tx); });
+    p.w_target = static_cast<acc_t>(a.set_weights[p.target - a.C]);
+    d_target = p.set.log_sum() - m;
+  } else if (valid) {
+    p.w_target = a.class_w ? static_cast<acc_t>(a.class_w[p.target]) : acc_t(1);
+    d_target = upsampled_logit(a, image, p.target, ty, tx) - m;
+  }
   p.loss = valid ? pixel_loss(a.k, log_positive(sum), d_target, p.w_target, weighted_d) : acc_t(0);
   p.coefficient = softmax_coefficient(a.k, p.w_target, acc_t(1) / sum, valid);
   return p;
@@ -198,12 +212,13 @@ HP_UNROLL
       for (int k = 0; k < kClassChunk; ++k) {
         const int64_t c = c0 + k;
         if (c >= a.C) break;
-        const acc_t e = exp_nonpositive(upsampled_logit(a, image, c, ty, tx) - p.max);
+        const acc_t x_c = upsampled_logit(a, image, c, ty, tx);
+        const acc_t e = exp_nonpositive(x_c - p.max);
         const acc_t w_class = a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1);
+        acc_t g = logit_gradient(a.k, e, p.coefficient, w_class, valid, p.target == c, p.w_target);
+        if (p.set_log_row != nullptr) g -= a.k.one_minus_eps * p.w_target * a.k.scale * p.set.share(x_c, p.set_log_row[c]);
         // F.cross_entropy's gradient is stored in the logits' type before F.interpolate's backward
-        const acc_t g = static_cast<acc_t>(
-            static_cast<scalar_t>(logit_gradient(a.k, e, p.coefficient, w_class, valid, p.target == c, p.w_target)));
-        grads[k] += weight * (g * pixel_weight);
+        grads[k] += weight * (static_cast<acc_t>(static_cast<scalar_t>(g)) * pixel_weight);
       }
     }
   }

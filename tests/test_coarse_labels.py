@@ -7,6 +7,7 @@ hierarchy tables, losses, OHEM, metrics, training-set mixtures, the set-restrict
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -265,13 +266,55 @@ def test_bad_set_arguments_name_the_level_set_and_class():
     bad("table maps raw id 8 to set 2 of level 1, which has no member", set_members=empty)
     bad("labels contain raw id 6, which the table maps to 2 at level 0, but level 0 logits have 2 classes",
         set_members=None)
-    env = {**os.environ, "HIERPARSE_CPU_UPSAMPLING": "gather"}
-    code = ("import torch, hierparse.ops as o; t = torch.full((1, 256), 255); t[0, 0] = 3; "
-            "o.multilevel_cross_entropy([torch.randn(1, 3, 2, 2)], torch.zeros(1, 4, 4, dtype=torch.uint8), t, "
-            "set_members=torch.ones(1, 1, 3))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert "class sets (labels naming a node above a level) are not implemented in the CUDA kernel's algorithm" in \
-        result.stderr
+
+
+GATHERED_SETS = """
+import json, torch, hierparse, hierparse.ops as o
+h = hierparse.load_hierarchy('lip')
+g = torch.Generator().manual_seed(3)
+x = [torch.randn(2, c, 5, 7, generator=g, dtype=torch.float64, requires_grad=True) for c in h.num_classes]
+y = torch.randint(0, 25, (2, 17, 19), generator=g, dtype=torch.uint8)
+y[:, :3] = 255
+w = [torch.rand(c, generator=g, dtype=torch.float64) + 0.5 for c in h.num_classes]
+losses = o.multilevel_cross_entropy(x, y, h.label_table(), set_members=h.set_members(), class_weights=w,
+                                    label_smoothing=0.1, level_weights=[0.5, 1.0, 2.0])
+grads = torch.autograd.grad(losses.sum(), x)
+print(json.dumps([losses.tolist()] + [gr.flatten().tolist() for gr in grads]))
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_scores_class_sets_as_the_cpu_does(dtype):
+    """Coarse labels on the GPU (full-size and upsampled levels, plain and OHEM): the CPU's losses and gradients."""
+    h = hierparse.load_hierarchy("lip")
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 25, (2, 33, 40), generator=g, dtype=torch.uint8)
+    sizes = [(33, 40), (9, 11), (17, 20)]
+    logits = [torch.randn(2, c, *size, generator=g, dtype=dtype) * 3 for c, size in zip(h.num_classes, sizes)]
+    options = dict(set_members=h.set_members())
+    for loss in (ops.multilevel_cross_entropy, functools.partial(ops.ohem_cross_entropy, threshold=0.7, min_kept=50)):
+        results = []
+        for device in ("cpu", "cuda"):
+            leaves = [x.to(device).requires_grad_(True) for x in logits]
+            losses = loss(leaves, labels.to(device), h.label_table(), **options)
+            results.append((losses, torch.autograd.grad(losses.sum(), leaves)))
+        (cpu_losses, cpu_grads), (gpu_losses, gpu_grads) = results
+        torch.testing.assert_close(gpu_losses.cpu(), cpu_losses, rtol=1e-5, atol=1e-6)
+        for got, want in zip(gpu_grads, cpu_grads):
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_gather_algorithm_matches_the_cpu_one_on_class_sets():
+    """HIERPARSE_CPU_UPSAMPLING=gather runs the CUDA kernel's per-pixel code (upsampled_ce.h) on the CPU:
+    coarse labels at upsampled levels, with class weights and smoothing, give the CPU algorithm's
+    losses and gradients (float64)."""
+    runs = [subprocess.run([sys.executable, "-c", GATHERED_SETS], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "HIERPARSE_CPU_UPSAMPLING": upsampling}) for upsampling in ("gather", "")]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-2000:] for run in runs]
+    gathered, blended = (json.loads(run.stdout) for run in runs)
+    for got, want in zip(gathered, blended):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------- the training path

@@ -416,7 +416,7 @@ def test_cuda_logits_take_cpu_tables_without_a_host_sync():
     waits for the GPU once (its label pre-pass; OHEM twice), where device copies add a wait each."""
     h = hierparse.load_hierarchy("lip")
     g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 20, (2, 33, 40), generator=g, dtype=torch.uint8).cuda()  # set_members unused
+    labels = torch.randint(0, 25, (2, 33, 40), generator=g, dtype=torch.uint8).cuda()  # 20..24: coarse
     logits = [torch.randn(2, c, 17, 20, generator=g).cuda() for c in h.num_classes]
     weights = [torch.rand(c, generator=g) + 0.5 for c in h.num_classes]
     cpu = dict(table=h.label_table(), set_members=h.set_members(), class_weights=weights)

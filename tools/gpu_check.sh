@@ -49,7 +49,7 @@ build() {
 }
 
 CUDA_TESTS=(tests/test_ops.py tests/test_fused_upsample.py tests/test_tree_min.py tests/test_upsample_decode.py
-            tests/test_losses.py tests/test_metrics.py tests/test_ohem.py)
+            tests/test_losses.py tests/test_metrics.py tests/test_ohem.py tests/test_coarse_labels.py)
 tests() {
     "$PY" -m pytest -q -p no:cacheprovider "${CUDA_TESTS[@]}" -k cuda > "$OUT/tests.txt" 2>&1
     local code=$?
@@ -65,7 +65,7 @@ benchmarks() {
     return $code
 }
 
-SANITIZED="cuda and (single_pixel or level_without_valid or all_pixels_ignored or labels_outside or gradcheck or gives_the_cpu_maps or keeps_the_pixels)"
+SANITIZED="cuda and (single_pixel or level_without_valid or all_pixels_ignored or labels_outside or gradcheck or gives_the_cpu_maps or keeps_the_pixels or scores_class_sets)"
 sanitizer() {
     command -v compute-sanitizer > /dev/null || { echo "compute-sanitizer not found"; return 1; }
     local code=0 tool
@@ -74,7 +74,7 @@ sanitizer() {
         echo "== $tool" >> "$OUT/sanitizer.txt"
         timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_tree_min.py \
-            tests/test_upsample_decode.py tests/test_ohem.py -k "$SANITIZED and not bfloat16 and not float16" \
+            tests/test_upsample_decode.py tests/test_ohem.py tests/test_coarse_labels.py -k "$SANITIZED and not bfloat16 and not float16" \
             >> "$OUT/sanitizer.txt" 2>&1 || code=1
         tail -3 "$OUT/sanitizer.txt"
     done

@@ -307,9 +307,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     a.table = plan.table.data_ptr<int32_t>() + l * plan.K;
     a.class_w = weights ? weights + lp.weight_offset : nullptr;
     if (lp.num_sets > 0) {
-      a.set_classes = plan.set_classes.data_ptr<int32_t>() + lp.member_offset;
-      a.set_sizes = plan.set_sizes.data_ptr<int32_t>() + lp.set_offset;
-      a.set_log_weights = plan.set_log_weights.data_ptr<double>() + lp.member_offset;
+      a.set_log_rows = plan.set_log_rows_host.data_ptr<double>() + lp.member_offset;
       a.set_weights = plan.set_weights.data_ptr<double>() + lp.set_offset;
     }
     a.grad_scale = lp.grad_scale;
@@ -323,9 +321,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
       continue;
     }
     if (gather) {
-      TORCH_CHECK_VALUE(!labels_use_sets(plan, counts.data_ptr<int64_t>()), "multilevel_cross_entropy: class sets "
-                        "(labels naming a node above a level) are not implemented in the CUDA kernel's algorithm "
-                        "(HIERPARSE_CPU_UPSAMPLING=gather) yet");
       gathered.push_back(l);
       continue;
     }

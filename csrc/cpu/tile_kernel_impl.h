@@ -81,9 +81,9 @@ struct PendingBlock {
 };
 
 // The set pixels of one block after pass 1 (buf holds the logits): the target logit of a set pixel
-// becomes log sum_c a_c exp(x_c) over its members c (member weights a_c), its class weight the set's;
-// with share, each member's a_c exp(x_c) / sum (else 0) is written there. One lane at a time, over the
-// members only, in the compute type.
+// becomes log sum_c a_c exp(x_c) over its members c (score_set), its class weight the set's; with
+// share, each member's share of the set's probability (else 0) is written there. One lane at a time,
+// in the compute type.
 template <typename V>
 void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* target, const V* buf, V* x_target,
                      V* w_target, V* share) {
@@ -97,26 +97,13 @@ void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* targ
     for (int j = 0; j < kLanes; ++j) {
       if (target[b][j] < C) continue;
       const int64_t set = target[b][j] - C;
-      const int32_t* classes = a.set_classes + set * C;
-      const double* log_weights = a.set_log_weights + set * C;
-      const int32_t size = a.set_sizes[set];
-      S top = -INFINITY;
-      for (int32_t k = 0; k < size; ++k)
-        top = std::fmax(top, buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]));
+      const double* log_row = a.set_log_rows + set * C;
+      const auto logit = [&](int64_t c) { return static_cast<S>(buf[c * B + b][j]); };
+      const SetScore<S> score = score_set<S>(log_row, C, logit);
       w_target[b][j] = static_cast<S>(a.set_weights[set]);
-      if (std::isinf(top)) {  // every member at -inf (the loss is +inf), or one at +inf: as torch.logsumexp
-        x_target[b][j] = top;
-        continue;
-      }
-      S sum = 0;
-      for (int32_t k = 0; k < size; ++k) {
-        const S e = std::exp(buf[classes[k] * B + b][j] + static_cast<S>(log_weights[k]) - top);
-        sum += e;
-        if (share != nullptr) share[classes[k] * B + b][j] = e;
-      }
-      x_target[b][j] = top + std::log(sum);
+      x_target[b][j] = score.log_sum();
       if (share != nullptr)
-        for (int32_t k = 0; k < size; ++k) share[classes[k] * B + b][j] /= sum;
+        for (int64_t c = 0; c < C; ++c) share[c * B + b][j] = score.share(logit(c), log_row[c]);
     }
   }
 }

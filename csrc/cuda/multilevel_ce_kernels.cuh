@@ -58,6 +58,8 @@ struct LevelArgs {
   int64_t gs[4];            // gradient strides
   const int32_t* table;     // row of K entries, -1 = ignored
   const float* class_w;     // C weights or nullptr (all 1)
+  const double* set_log_rows;  // [S, C] class sets (multilevel_ce.h's score_set), or nullptr without sets
+  const double* set_weights;   // [S] their class weights
   acc_t* loss_map;          // [N, H, W] in the compute type for reduction "none", else nullptr
   LevelCoefficients<acc_t> k;
 };
@@ -98,11 +100,21 @@ __global__ void __launch_bounds__(kThreads)
       const scalar_t* x = a.logits + n * a.xs[0] + h * a.xs[2] + w * a.xs[3];
       const int64_t xc = a.xs[1];
 
-      // Pass 1: the max over classes.
+      // Pass 1: the max over classes, and the target's logit (for a class set, its members' log-sum-exp).
       acc_t m = static_cast<acc_t>(x[0]);
       for (int64_t c = 1; c < C; ++c) m = max_value(m, static_cast<acc_t>(x[c * xc]));
-      const acc_t d_target = valid ? static_cast<acc_t>(x[target * xc]) - m : acc_t(0);
-      const acc_t w_target = valid ? (a.class_w ? static_cast<acc_t>(a.class_w[target]) : acc_t(1)) : acc_t(0);
+      acc_t d_target = 0, w_target = 0;
+      const double* set_log_row = nullptr;
+      SetScore<acc_t> set{};
+      if (target >= C) {
+        set_log_row = a.set_log_rows + (target - C) * C;
+        set = score_set<acc_t>(set_log_row, C, [&](int64_t c) { return static_cast<acc_t>(x[c * xc]); });
+        d_target = set.log_sum() - m;
+        w_target = static_cast<acc_t>(a.set_weights[target - C]);
+      } else if (valid) {
+        d_target = static_cast<acc_t>(x[target * xc]) - m;
+        w_target = a.class_w ? static_cast<acc_t>(a.class_w[target]) : acc_t(1);
+      }
 
       // Pass 2: the sum of exponentials (and sum_c w_c d_c with label smoothing).
       acc_t sum = 0;
@@ -128,9 +140,12 @@ __global__ void __launch_bounds__(kThreads)
         scalar_t* g = a.grad + n * a.gs[0] + h * a.gs[2] + w * a.gs[3];
         const int64_t gc = a.gs[1];
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t e = exp_nonpositive(static_cast<acc_t>(x[c * xc]) - m);
+          const acc_t x_c = static_cast<acc_t>(x[c * xc]);
+          const acc_t e = exp_nonpositive(x_c - m);
           const acc_t wc = a.class_w ? static_cast<acc_t>(a.class_w[c]) : acc_t(1);
-          g[c * gc] = static_cast<scalar_t>(logit_gradient(k, e, coeff, wc, valid, target == c, w_target));
+          acc_t grad = logit_gradient(k, e, coeff, wc, valid, target == c, w_target);
+          if (set_log_row != nullptr) grad -= k.one_minus_eps * w_target * k.scale * set.share(x_c, set_log_row[c]);
+          g[c * gc] = static_cast<scalar_t>(grad);
         }
       }
     }
@@ -177,6 +192,8 @@ at::Tensor launch_levels(const Plan& plan, at::TensorList logits, const at::Tens
       }
       a.table = table + l * plan.K;
       a.class_w = weights ? weights + lp.weight_offset : nullptr;
+      a.set_log_rows = lp.num_sets > 0 ? plan.set_log_rows.const_data_ptr<double>() + lp.member_offset : nullptr;
+      a.set_weights = lp.num_sets > 0 ? plan.set_weights.const_data_ptr<double>() + lp.set_offset : nullptr;
       a.loss_map = per_pixel ? losses.data_ptr<acc_t>() + l * num_pixels : nullptr;
       a.k = level_coefficients<acc_t>(plan, l);
     }
@@ -249,9 +266,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cuda(
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K);
   check_scorable("multilevel_cross_entropy", plan, s);
-  // a table may declare sets (e.g. a tree whose groups have ids) as long as no label uses one
-  TORCH_CHECK_VALUE(!labels_use_sets(plan, s), "multilevel_cross_entropy: class sets (labels naming a node above a "
-                    "level) are not implemented in the CUDA kernel yet; compute this loss on the CPU");
   set_level_scales(plan, stats.slice(0, 0, plan.K));
 
   at::Tensor losses = allocate_losses(plan, logits[0]);

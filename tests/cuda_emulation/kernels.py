@@ -96,9 +96,9 @@ def assert_same_outputs(native, emulated, reduction):
 
 
 def cross_entropy(logits, labels, table, *, class_weights=None, level_weights=None, smoothing=0.0,
-                  reduction="mean", compute_grad=True, align_corners=False, grad_weights=None):
+                  reduction="mean", compute_grad=True, align_corners=False, grad_weights=None, set_members=None):
     args = (logits, labels, table.to(torch.int64), class_weights, level_weights or [1.0] * len(logits), smoothing,
-            IGNORE, REDUCTIONS[reduction], compute_grad, align_corners, None, grad_weights)
+            IGNORE, REDUCTIONS[reduction], compute_grad, align_corners, set_members, grad_weights)
     native = NATIVE.multilevel_cross_entropy(*args)
     assert_same_outputs(native, EMULATED.multilevel_cross_entropy(*args), reduction)
     return native
@@ -218,6 +218,46 @@ def test_cross_entropy_errors_match_the_cpu_op():
     assert str(emulated.value).splitlines()[0] == str(native.value).splitlines()[0]
 
 
+# ------------------------------------------------------------------ class sets (coarse labels)
+
+
+def coarse_problem(dtype, sizes, seed=0, member_weights=False):
+    """LIP's tree: parts 0-19, groups 20-24 (class sets at the finer levels), ignored pixels; with
+    member_weights, each member of a set weighs 0.5 to 2 (as coarse_labels balanced gives them)."""
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = 2, 21, 26
+    labels = torch.randint(0, 25, (n, h, w), generator=g, dtype=torch.uint8)
+    labels[torch.rand(n, h, w, generator=g) < 0.1] = IGNORE
+    logits = [(torch.randn(n, c, *size, generator=g) * 3).to(dtype) for c, size in zip(LIP.num_classes, sizes)]
+    members = LIP.set_members()
+    if member_weights:
+        members = members * (torch.rand(members.shape, generator=g) * 1.5 + 0.5)
+    return logits, labels, LIP.label_table(), members
+
+
+@pytest.mark.parametrize("dtype", GRID_FLOATS, ids=str)
+@pytest.mark.parametrize("upsampled", [False, True], ids=["full_size", "upsampled"])
+@pytest.mark.parametrize("member_weights", [False, True], ids=["members", "weighted_members"])
+def test_cross_entropy_class_sets(dtype, upsampled, member_weights):
+    """Coarse labels: the marginal likelihood over a set's members, in the main and the gather kernel."""
+    sizes = [(21, 26), (9, 11), (21, 26)] if upsampled else [(21, 26)] * 3
+    logits, labels, table, members = coarse_problem(dtype, sizes, member_weights=member_weights)
+    weights = torch.rand(sum(LIP.num_classes), generator=torch.Generator().manual_seed(5)) + 0.5
+    for reduction in REDUCTIONS:
+        cross_entropy(logits, labels, table, reduction=reduction, set_members=members)
+    cross_entropy(logits, labels, table, class_weights=weights, smoothing=0.1, level_weights=[0.5, 1.0, 2.0],
+                  set_members=members)
+    cross_entropy(logits, labels, table, set_members=members, compute_grad=False)
+
+
+def test_cross_entropy_class_sets_at_infinite_logits():
+    """A set whose members are all -inf (loss +inf) or one of them +inf, as torch.logsumexp gives them."""
+    logits, labels, table, members = coarse_problem(torch.float32, [(21, 26)] * 3)
+    logits[2][0, :4] = -float("inf")  # Head's four parts (raw id 21)
+    logits[2][1, 5] = float("inf")
+    cross_entropy(logits, labels, table, reduction="none", set_members=members)
+
+
 # ------------------------------------------------------------------ hard-pixel mining (OHEM)
 
 # (threshold, min_kept): the threshold is the cut, the floor is found (radix select), only the floor,
@@ -226,10 +266,10 @@ OHEM_SELECTIONS = [(0.7, 3), (0.02, 40), (1.0, 0), (0.3, 10_000), (0.5, 2**62)]
 
 
 def ohem(logits, labels, table, *, threshold, min_kept, class_weights=None, level_weights=None, smoothing=0.0,
-         compute_grad=True, align_corners=False):
+         compute_grad=True, align_corners=False, set_members=None):
     """Losses (they come from the same per-pixel losses and kept pixels) and gradients bitwise."""
     args = (logits, labels, table.to(torch.int64), class_weights, level_weights or [1.0] * len(logits), smoothing,
-            IGNORE, compute_grad, align_corners, None, threshold, min_kept)
+            IGNORE, compute_grad, align_corners, set_members, threshold, min_kept)
     native = NATIVE.multilevel_ohem_cross_entropy(*args)
     assert_same_outputs(native, EMULATED.multilevel_ohem_cross_entropy(*args), "none")
     return native
@@ -366,3 +406,10 @@ def test_decode_more_than_256_classes_and_empty():
     assert got.dtype == want.dtype == torch.int64 and torch.equal(got, want)
     empty = (logits, ancestors, [0, 19], 0, False, None)
     assert EMULATED.upsample_decode(*empty)[0].shape == NATIVE.upsample_decode(*empty)[0].shape
+
+
+@pytest.mark.parametrize("threshold, min_kept", OHEM_SELECTIONS[:2])
+def test_ohem_class_sets(threshold, min_kept):
+    """OHEM scores a set pixel by its members' summed probability."""
+    logits, labels, table, members = coarse_problem(torch.float32, [(21, 26), (9, 11), (21, 26)])
+    ohem(logits, labels, table, threshold=threshold, min_kept=min_kept, set_members=members)
