@@ -138,7 +138,6 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
 
   // The table: every entry a class of its level, a set of it, or ignore_index.
   plan.unscorable_level.assign(plan.K, -1);
-  plan.set_ids.assign(plan.K, 0);
   plan.unscorable_entry.assign(plan.K, 0);
   const at::Tensor table_cpu = table.to(at::kCPU, at::kLong).contiguous();
   const int64_t* t = table_cpu.data_ptr<int64_t>();
@@ -156,7 +155,6 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
                           ", which has no member");
         const int64_t one = single[l * max_sets + s];
         out[l * plan.K + k] = static_cast<int32_t>(one >= 0 ? one : entry);
-        if (one < 0) plan.set_ids[k] = 1;
         continue;
       }
       TORCH_CHECK_VALUE(entry == ignore_index || entry >= 0, op, ": table maps raw id ", k, " to class ", entry,
@@ -193,12 +191,6 @@ Plan plan_levels(const char* op, at::TensorList logits, const at::Tensor& labels
   plan.table_host = table_i32;
   plan.table = to_device(table_i32, device);
   return plan;
-}
-
-bool labels_use_sets(const Plan& plan, const int64_t* counts) {
-  for (int64_t k = 0; k < plan.K; ++k)
-    if (plan.set_ids[k] && counts[k] > 0) return true;
-  return false;
 }
 
 void check_scorable(const char* op, const Plan& plan, const int64_t* counts) {

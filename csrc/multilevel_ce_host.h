@@ -35,7 +35,6 @@ struct Plan {
   // set_weights float64 [sum S_l] (the class weight of each set); undefined when no level has a set.
   at::Tensor member_rows, set_weights;
   at::Tensor member_rows_host;  // member_rows on the host
-  std::vector<uint8_t> set_ids;  // per raw id: 1 when its entry is a set at some level
   std::vector<double> set_weight_values;  // set_weights on the host
   // The same sets as the kernels read them (multilevel_ce.h's score_set): float64 [sum S_l C_l], each
   // member's log weight and -inf off the set; on the logits' device and on the host.
@@ -80,10 +79,6 @@ void weigh_full_size_grads(const Plan& plan, std::vector<at::Tensor>& grads, con
 
 // Raises when a label uses a raw id that plan.unscorable_level marks; counts: the label histogram [K].
 void check_scorable(const char* op, const Plan& plan, const int64_t* counts);
-
-// Whether a label uses a raw id whose entry is a class set (counts: the label histogram [K]); for
-// kernels without sets, which may run a table that declares sets as long as no label uses them.
-bool labels_use_sets(const Plan& plan, const int64_t* counts);
 
 // Raises unless a table-like argument (`what` names it: "table is", ...) is on the logits' device or
 // on the CPU. A CPU table is read at plan time without a copy back from the device, so a caller that

@@ -286,17 +286,23 @@ print(json.dumps([losses.tolist()] + [gr.flatten().tolist() for gr in grads]))
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_scores_class_sets_as_the_cpu_does(dtype):
-    """Coarse labels on the GPU (full-size and upsampled levels, plain and OHEM): the CPU's losses and gradients."""
+    """Coarse labels on the GPU (full-size and upsampled levels, plain, OHEM and tree-min): the CPU's losses and
+    gradients."""
     h = hierparse.load_hierarchy("lip")
     g = torch.Generator().manual_seed(6)
     labels = torch.randint(0, 25, (2, 33, 40), generator=g, dtype=torch.uint8)
     sizes = [(33, 40), (9, 11), (17, 20)]
     logits = [torch.randn(2, c, *size, generator=g, dtype=dtype) * 3 for c, size in zip(h.num_classes, sizes)]
+    full_size = [torch.randn(2, c, 33, 40, generator=g, dtype=dtype) for c in h.num_classes]
+    parents = [h.parents(level) for level in (1, 2)]
     options = dict(set_members=h.set_members())
-    for loss in (ops.multilevel_cross_entropy, functools.partial(ops.ohem_cross_entropy, threshold=0.7, min_kept=50)):
+    losses_and_logits = ((ops.multilevel_cross_entropy, logits),
+                         (functools.partial(ops.ohem_cross_entropy, threshold=0.7, min_kept=50), logits),
+                         (lambda x, y, table, **o: ops.tree_min_loss(x, y, table, parents, **o), full_size))
+    for loss, inputs in losses_and_logits:
         results = []
         for device in ("cpu", "cuda"):
-            leaves = [x.to(device).requires_grad_(True) for x in logits]
+            leaves = [x.to(device).requires_grad_(True) for x in inputs]
             losses = loss(leaves, labels.to(device), h.label_table(), **options)
             results.append((losses, torch.autograd.grad(losses.sum(), leaves)))
         (cpu_losses, cpu_grads), (gpu_losses, gpu_grads) = results

@@ -62,6 +62,8 @@ struct KernelArgs {
   const int32_t* parent;  // [V] parent node, -1 at level 0
   const int32_t* table;   // [L, K] class of each raw id at each level, -1 where ignored
   const int32_t* valid;   // [K] 1 when no level ignores the raw id
+  const uint8_t* in_set;  // class sets (tree_min_terms): 1 where a class is a member, or nullptr without sets
+  int32_t set_first[kMaxLevels];  // where each level's sets start in in_set
   int64_t K;
   int64_t num_pixels, HW, W;
   int64_t ls[3];          // label strides (N, H, W)
@@ -130,7 +132,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int32_t v = 0; v < V; ++v) grad[v] = acc_t(0);
       }
       tree_min_terms(static_cast<int32_t>(L), args.first, target, lo, arg_lo, hi, arg_hi, args.gamma, weight, loss,
-                     compute_grad ? grad : nullptr);
+                     compute_grad ? grad : nullptr, args.in_set, args.set_first);
     } else {
       for (int l = 0; l < L; ++l) loss[l] = acc_t(0);
     }
@@ -170,6 +172,8 @@ void launch(const TreePlan& tree, at::TensorList logits, const at::Tensor& label
   std::vector<int32_t> host_tables(tree.parent);
   host_tables.insert(host_tables.end(), tree.valid.begin(), tree.valid.end());
   const at::Tensor tables = to_device(at::tensor(host_tables, at::kInt), device);
+  const at::Tensor in_set =
+      tree.in_set.empty() ? at::Tensor() : to_device(at::tensor(at::ArrayRef<uint8_t>(tree.in_set), at::kByte), device);
 
   const size_t shared_bytes = per_pixel ? 0 : static_cast<size_t>(L) * kThreads * sizeof(double);
   const auto kernel = tree_min_kernel<scalar_t, acc_t, label_t, kNodes>;
@@ -184,6 +188,8 @@ void launch(const TreePlan& tree, at::TensorList logits, const at::Tensor& label
   args.parent = tables.const_data_ptr<int32_t>();
   args.table = plan.table.const_data_ptr<int32_t>();
   args.valid = tables.const_data_ptr<int32_t>() + V;
+  args.in_set = in_set.defined() ? in_set.const_data_ptr<uint8_t>() : nullptr;
+  for (size_t l = 0; l < tree.set_first.size(); ++l) args.set_first[l] = tree.set_first[l];
   args.K = plan.K;
   args.num_pixels = num_pixels;
   args.HW = plan.H * plan.W;
@@ -235,8 +241,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> tree_min_loss_cuda(
   const int64_t* s = stats.const_data_ptr<int64_t>();
   check_label_range(s[plan.K], s[plan.K + 1], plan.K, "tree_min_loss");
   check_scorable("tree_min_loss", plan, s);
-  TORCH_CHECK_VALUE(!labels_use_sets(plan, s), "tree_min_loss: class sets (labels naming a node above a level) are "
-                    "not implemented in the CUDA kernel yet; compute this loss on the CPU");
   int64_t num_valid = 0;
   for (int64_t k = 0; k < plan.K; ++k) num_valid += tree.valid[k] ? s[k] : 0;
 

@@ -105,9 +105,9 @@ def cross_entropy(logits, labels, table, *, class_weights=None, level_weights=No
 
 
 def tree_min(logits, labels, table, parents, *, gamma=0.0, level_weights=None, reduction="mean", compute_grad=True,
-             grad_weights=None):
+             grad_weights=None, set_members=None):
     args = (logits, labels, table, [p for level in parents for p in level], level_weights or [1.0] * len(logits),
-            gamma, IGNORE, REDUCTIONS[reduction], compute_grad, None, grad_weights)
+            gamma, IGNORE, REDUCTIONS[reduction], compute_grad, set_members, grad_weights)
     native = NATIVE.tree_min_loss(*args)
     assert_same_outputs(native, EMULATED.tree_min_loss(*args), reduction)
     return native
@@ -248,6 +248,15 @@ def test_cross_entropy_class_sets(dtype, upsampled, member_weights):
     cross_entropy(logits, labels, table, class_weights=weights, smoothing=0.1, level_weights=[0.5, 1.0, 2.0],
                   set_members=members)
     cross_entropy(logits, labels, table, set_members=members, compute_grad=False)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_tree_min_class_sets(reduction):
+    """Coarse labels in the tree-min loss: a set's members carry no term, the nodes outside it are negatives."""
+    logits, labels, table, members = coarse_problem(torch.float32, [(21, 26)] * 3)
+    parents = [LIP.parents(level) for level in (1, 2)]
+    tree_min(logits, labels, table, parents, gamma=2.0, level_weights=[0.5, 1.0, 2.0], reduction=reduction,
+             set_members=members)
 
 
 def test_cross_entropy_class_sets_at_infinite_logits():
