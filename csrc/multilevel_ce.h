@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "class_sets.h"
 #include "host_device.h"
 
 namespace hierparse {
@@ -146,9 +147,9 @@ HP_HOST_DEVICE double precise_log(double x) { return log(x); }
 
 // A pixel labelled with class set s of a level (table entry C + s, a node above the level) is scored
 // by the marginal likelihood: its "target logit" is log sum_c a_c exp(x_c) over the members c, with
-// member weights a_c; the kernels read the set as a dense row of log a_c over the level's C classes
-// (-inf off the set). SetScore holds that log-sum-exp as top = max_c (x_c + log a_c) and
-// sum = sum_c exp(x_c + log a_c - top), and each member's share of the set's probability.
+// member weights a_c (the level's sets as the kernels read them: class_sets.h).
+// SetScore holds that log-sum-exp as top = max_c (x_c + log a_c) and sum = sum_c exp(x_c + log a_c -
+// top) over the members, and gives each member's share of the set's probability.
 template <typename S>
 struct SetScore {
   S top, sum;
@@ -156,24 +157,39 @@ struct SetScore {
   HP_HOST_DEVICE bool finite() const { return top != S(INFINITY) && top != S(-INFINITY); }
   // Every member at -inf (the loss is +inf), or one at +inf: as torch.logsumexp.
   HP_HOST_DEVICE S log_sum() const { return finite() ? top + precise_log(sum) : top; }
-  // a_c exp(x_c) / sum_k a_k exp(x_k) of class c with logit x and log weight log_a (0 off the set).
+  // A member's share of the set's probability, a_c exp(x_c) / sum_k a_k exp(x_k), from its term of sum.
+  HP_HOST_DEVICE S share_of(S term) const { return term / sum; }
+  // The share of class c with logit x and log weight log_a (0 off the set, or when top is infinite).
   HP_HOST_DEVICE S share(S x, double log_a) const {
-    return finite() && log_a != -INFINITY ? precise_exp(x + static_cast<S>(log_a) - top) / sum : S(0);
+    return finite() && log_a != -INFINITY ? share_of(precise_exp(x + static_cast<S>(log_a) - top)) : S(0);
   }
 };
 
-// The set's score from its dense log-weight row and logit(c), the pixel's class-c logit (compute type).
-template <typename S, typename Logit>
-HP_HOST_DEVICE SetScore<S> score_set(const double* log_row, int64_t C, const Logit& logit) {
+struct IgnoreTerms {
+  template <typename S>
+  HP_HOST_DEVICE void operator()(int64_t, S) const {}
+};
+
+// Set s's score (C classes in the level) from logit(c), the pixel's class-c logit in the compute type;
+// on_term(c, term) sees each member's term of sum (none when top is infinite).
+template <typename S, typename Logit, typename OnTerm = IgnoreTerms>
+HP_HOST_DEVICE SetScore<S> score_set(const LevelSets& sets, int64_t s, int64_t C, const Logit& logit,
+                                     const OnTerm& on_term = OnTerm{}) {
+  const int32_t* classes = sets.classes + s * C;
+  const double* log_row = sets.log_rows + s * C;
+  const int32_t size = sets.sizes[s];
   SetScore<S> score{S(-INFINITY), S(0)};
-  for (int64_t c = 0; c < C; ++c) {
-    if (log_row[c] == -INFINITY) continue;
-    const S v = logit(c) + static_cast<S>(log_row[c]);
+  for (int32_t k = 0; k < size; ++k) {
+    const S v = logit(classes[k]) + static_cast<S>(log_row[classes[k]]);
     score.top = v > score.top ? v : score.top;  // fmax: a NaN never wins
   }
   if (!score.finite()) return score;
-  for (int64_t c = 0; c < C; ++c)
-    if (log_row[c] != -INFINITY) score.sum += precise_exp(logit(c) + static_cast<S>(log_row[c]) - score.top);
+  for (int32_t k = 0; k < size; ++k) {
+    const int32_t c = classes[k];
+    const S term = precise_exp(logit(c) + static_cast<S>(log_row[c]) - score.top);
+    score.sum += term;
+    on_term(c, term);
+  }
   return score;
 }
 

@@ -255,11 +255,24 @@ Plan plan_multilevel_ce(at::TensorList logits, const at::Tensor& labels, const a
       }
     }
     plan.set_weights = to_device(at::tensor(plan.set_weight_values, at::kDouble), device);
-    plan.set_log_rows_host = at::empty_like(members);
-    const double* weights = members.const_data_ptr<double>();
-    double* log_rows = plan.set_log_rows_host.data_ptr<double>();
-    for (int64_t i = 0; i < members.numel(); ++i) log_rows[i] = weights[i] > 0 ? std::log(weights[i]) : -INFINITY;
-    plan.set_log_rows = to_device(plan.set_log_rows_host, device);
+    at::Tensor log_rows = at::full_like(members, -INFINITY);
+    at::Tensor classes = at::zeros({members.numel()}, at::kInt);
+    at::Tensor sizes = at::zeros({static_cast<int64_t>(plan.set_weight_values.size())}, at::kInt);
+    for (const LevelPlan& level : plan.levels) {
+      for (int64_t s = 0; s < level.num_sets; ++s) {
+        const int64_t row = level.member_offset + s * level.num_classes;
+        const double* weights = members.const_data_ptr<double>() + row;
+        int32_t& size = sizes.data_ptr<int32_t>()[level.set_offset + s];
+        for (int64_t c = 0; c < level.num_classes; ++c) {
+          if (weights[c] <= 0) continue;
+          log_rows.data_ptr<double>()[row + c] = std::log(weights[c]);
+          classes.data_ptr<int32_t>()[row + size++] = static_cast<int32_t>(c);
+        }
+      }
+    }
+    plan.set_log_rows = to_device(log_rows, device);
+    plan.set_classes = to_device(classes, device);
+    plan.set_sizes = to_device(sizes, device);
   }
   return plan;
 }
@@ -310,6 +323,15 @@ void set_level_scales(Plan& plan, const at::Tensor& label_counts) {
     // A level without valid pixels contributes loss 0 and gradient 0 (PyTorch would give NaN).
     level.grad_scale = level.loss_scale = divisor > 0 ? level.level_weight / divisor : 0.0;
   }
+}
+
+LevelSets level_sets(const Plan& plan, size_t l) {
+  const LevelPlan& level = plan.levels[l];
+  if (level.num_sets == 0) return LevelSets{nullptr, nullptr, nullptr, nullptr};
+  return LevelSets{plan.set_log_rows.const_data_ptr<double>() + level.member_offset,
+                   plan.set_classes.const_data_ptr<int32_t>() + level.member_offset,
+                   plan.set_sizes.const_data_ptr<int32_t>() + level.set_offset,
+                   plan.set_weights.const_data_ptr<double>() + level.set_offset};
 }
 
 at::Tensor allocate_losses(const Plan& plan, const at::Tensor& like) {

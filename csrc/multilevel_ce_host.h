@@ -36,9 +36,10 @@ struct Plan {
   at::Tensor member_rows, set_weights;
   at::Tensor member_rows_host;  // member_rows on the host
   std::vector<double> set_weight_values;  // set_weights on the host
-  // The same sets as the kernels read them (multilevel_ce.h's score_set): float64 [sum S_l C_l], each
-  // member's log weight and -inf off the set; on the logits' device and on the host.
-  at::Tensor set_log_rows, set_log_rows_host;
+  // The same sets as the kernels read them (multilevel_ce.h's LevelSets), on the logits' device:
+  // set_log_rows float64 [sum S_l C_l] (log member weights, -inf off the set), set_classes int32
+  // [sum S_l C_l] (the first set_sizes[s] entries of row s are its members), set_sizes int32 [sum S_l].
+  at::Tensor set_log_rows, set_classes, set_sizes;
   // Raw ids whose table entry at some level is past its classes and sets (e.g. a class set given without
   // set_members): the level (-1: none) and the entry. They are ignored in the int32 table and raise as
   // soon as a label uses them (check_scorable), so a table may hold entries that no label needs.
@@ -104,6 +105,9 @@ LevelCoefficients<S> level_coefficients(const Plan& plan, size_t l) {
 
 // Output tensors: losses ([L], or [L, N, H, W] for reduction "none") and, when asked, gradients
 // with the layout of each level's logits.
+// Level l's class sets on the logits' device (all nullptr when it has none).
+LevelSets level_sets(const Plan& plan, size_t l);
+
 at::Tensor allocate_losses(const Plan& plan, const at::Tensor& like);
 
 // Writes losses[l] = scales[l] * (sum of partials[l * chunks + c] over c), the chunks added in

@@ -106,8 +106,7 @@ struct UpsampledLevel {
   BilinearAxis<acc_t> rows, cols;
   const int32_t* table;     // row of raw id -> class, -1 = ignored (ids already range-checked)
   const float* class_w;     // C weights or nullptr (all 1)
-  const double* set_log_rows;  // [S, C] class sets (multilevel_ce.h's score_set), or nullptr without sets
-  const double* set_weights;   // [S] their class weights
+  LevelSets sets;           // class sets: table entries C + s (multilevel_ce.h)
   acc_t* loss_map;          // [N, H, W] for reduction "none" (level-weighted losses), else nullptr
   const acc_t* grad_weights;  // [N, H, W] per-pixel gradient weights (reduction "none"), or nullptr
   LevelCoefficients<acc_t> k;
@@ -159,9 +158,10 @@ HP_HOST_DEVICE PixelSoftmax<acc_t> pixel_softmax(const UpsampledLevel<scalar_t, 
   acc_t d_target = 0;
   p.w_target = 0;
   if (p.target >= a.C) {  // a class set: its log-sum-exp is the target logit
-    p.set_log_row = a.set_log_rows + (p.target - a.C) * a.C;
-    p.set = score_set<acc_t>(p.set_log_row, a.C, [&](int64_t c) { return upsampled_logit(a, image, c, ty, tx); });
-    p.w_target = static_cast<acc_t>(a.set_weights[p.target - a.C]);
+    p.set_log_row = a.sets.log_rows + (p.target - a.C) * a.C;
+    const auto logit = [&](int64_t c) { return upsampled_logit(a, image, c, ty, tx); };
+    p.set = score_set<acc_t>(a.sets, p.target - a.C, a.C, logit);
+    p.w_target = static_cast<acc_t>(a.sets.weights[p.target - a.C]);
     d_target = p.set.log_sum() - m;
   } else if (valid) {
     p.w_target = a.class_w ? static_cast<acc_t>(a.class_w[p.target]) : acc_t(1);

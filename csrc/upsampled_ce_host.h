@@ -40,8 +40,7 @@ UpsampledLevel<scalar_t, acc_t, label_t> upsampled_level(const Plan& plan, size_
   a.cols = BilinearAxis<acc_t>::make(lp.w, plan.W, plan.align_corners);
   a.table = plan.table.const_data_ptr<int32_t>() + static_cast<int64_t>(l) * plan.K;
   a.class_w = plan.class_weights.defined() ? plan.class_weights.const_data_ptr<float>() + lp.weight_offset : nullptr;
-  a.set_log_rows = lp.num_sets > 0 ? plan.set_log_rows.const_data_ptr<double>() + lp.member_offset : nullptr;
-  a.set_weights = lp.num_sets > 0 ? plan.set_weights.const_data_ptr<double>() + lp.set_offset : nullptr;
+  a.sets = level_sets(plan, l);
   a.loss_map = plan.reduction == Reduction::None ? losses[l].data_ptr<acc_t>() : nullptr;
   a.grad_weights = grad_weights.defined() ? grad_weights[l].const_data_ptr<acc_t>() : nullptr;
   a.k = level_coefficients<acc_t>(plan, l);

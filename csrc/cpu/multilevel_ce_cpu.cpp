@@ -306,10 +306,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multilevel_cross_entropy_cpu(
     }
     a.table = plan.table.data_ptr<int32_t>() + l * plan.K;
     a.class_w = weights ? weights + lp.weight_offset : nullptr;
-    if (lp.num_sets > 0) {
-      a.set_log_rows = plan.set_log_rows_host.data_ptr<double>() + lp.member_offset;
-      a.set_weights = plan.set_weights.data_ptr<double>() + lp.set_offset;
-    }
+    a.sets = level_sets(plan, l);
     a.grad_scale = lp.grad_scale;
     a.weight_sum = lp.weight_sum;
     a.grad_weights = pixel_grad_weights.defined() ? pixel_grad_weights[l].data_ptr() : nullptr;

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "class_sets.h"
+
 namespace hierparse {
 namespace cpu {
 
@@ -24,11 +26,7 @@ struct LevelArgs {
   int64_t gs[4];            // gradient strides
   const int32_t* table;     // row of K entries, -1 = ignored
   const float* class_w;     // C weights or nullptr (all 1)
-  // Class sets: table entries C + s name set s, whose member log weights are the dense row
-  // set_log_rows[s * C .. s * C + C - 1] (-inf off the set, multilevel_ce.h's SetScore) and whose
-  // class weight is set_weights[s]; nullptr when the level has none.
-  const double* set_log_rows;
-  const double* set_weights;
+  LevelSets sets;           // class sets: table entries C + s (multilevel_ce.h)
   double grad_scale;
   double weight_sum;
 };

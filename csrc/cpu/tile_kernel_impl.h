@@ -97,13 +97,17 @@ void score_set_lanes(const LevelArgs& a, const typename VecTraits<V>::mask* targ
     for (int j = 0; j < kLanes; ++j) {
       if (target[b][j] < C) continue;
       const int64_t set = target[b][j] - C;
-      const double* log_row = a.set_log_rows + set * C;
       const auto logit = [&](int64_t c) { return static_cast<S>(buf[c * B + b][j]); };
-      const SetScore<S> score = score_set<S>(log_row, C, logit);
-      w_target[b][j] = static_cast<S>(a.set_weights[set]);
+      const auto keep_term = [&](int64_t c, S term) {
+        if (share != nullptr) share[c * B + b][j] = term;
+      };
+      const SetScore<S> score = score_set<S>(a.sets, set, C, logit, keep_term);
+      w_target[b][j] = static_cast<S>(a.sets.weights[set]);
       x_target[b][j] = score.log_sum();
-      if (share != nullptr)
-        for (int64_t c = 0; c < C; ++c) share[c * B + b][j] = score.share(logit(c), log_row[c]);
+      if (share == nullptr || !score.finite()) continue;
+      const int32_t* members = a.sets.classes + set * C;
+      for (int32_t k = 0; k < a.sets.sizes[set]; ++k)
+        share[members[k] * B + b][j] = score.share_of(share[members[k] * B + b][j]);
     }
   }
 }

@@ -58,8 +58,7 @@ struct LevelArgs {
   int64_t gs[4];            // gradient strides
   const int32_t* table;     // row of K entries, -1 = ignored
   const float* class_w;     // C weights or nullptr (all 1)
-  const double* set_log_rows;  // [S, C] class sets (multilevel_ce.h's score_set), or nullptr without sets
-  const double* set_weights;   // [S] their class weights
+  LevelSets sets;           // class sets: table entries C + s (multilevel_ce.h)
   acc_t* loss_map;          // [N, H, W] in the compute type for reduction "none", else nullptr
   LevelCoefficients<acc_t> k;
 };
@@ -107,10 +106,10 @@ __global__ void __launch_bounds__(kThreads)
       const double* set_log_row = nullptr;
       SetScore<acc_t> set{};
       if (target >= C) {
-        set_log_row = a.set_log_rows + (target - C) * C;
-        set = score_set<acc_t>(set_log_row, C, [&](int64_t c) { return static_cast<acc_t>(x[c * xc]); });
+        set_log_row = a.sets.log_rows + (target - C) * C;
+        set = score_set<acc_t>(a.sets, target - C, C, [&](int64_t c) { return static_cast<acc_t>(x[c * xc]); });
         d_target = set.log_sum() - m;
-        w_target = static_cast<acc_t>(a.set_weights[target - C]);
+        w_target = static_cast<acc_t>(a.sets.weights[target - C]);
       } else if (valid) {
         d_target = static_cast<acc_t>(x[target * xc]) - m;
         w_target = a.class_w ? static_cast<acc_t>(a.class_w[target]) : acc_t(1);
@@ -192,8 +191,7 @@ at::Tensor launch_levels(const Plan& plan, at::TensorList logits, const at::Tens
       }
       a.table = table + l * plan.K;
       a.class_w = weights ? weights + lp.weight_offset : nullptr;
-      a.set_log_rows = lp.num_sets > 0 ? plan.set_log_rows.const_data_ptr<double>() + lp.member_offset : nullptr;
-      a.set_weights = lp.num_sets > 0 ? plan.set_weights.const_data_ptr<double>() + lp.set_offset : nullptr;
+      a.sets = level_sets(plan, l);
       a.loss_map = per_pixel ? losses.data_ptr<acc_t>() + l * num_pixels : nullptr;
       a.k = level_coefficients<acc_t>(plan, l);
     }
