@@ -18,7 +18,11 @@ and half (``datasets:`` weights 0.5 / 0.5). Variants (the issue's letters):
   region's probability (``teacher: {threshold: 0.5}``, :mod:`hierparse.engine.teacher`);
 - ``stacked_balanced`` (f): (c) with each part of a set weighed by the inverse of its share of the
   set's pixels in the fine images (``coarse_labels: balanced``), against the marginal's pull
-  towards each region's majority part.
+  towards each region's majority part;
+- ``stacked_selfcorrect`` (f): self-correction as in SCHP: the student starts from its teacher's
+  weights (``teacher: {warm_start: true}``), and at every evaluation the teacher becomes the running
+  mean of its own and the student's weights (``refresh: 400``), so its relabelling improves with
+  the student; ``stacked_warm``: the warm start alone.
 
 At ``f = 100%`` only (a) and (b) run: there is nothing coarse (the ceiling of the pool). Each run
 is evaluated on 500 validation images at iterations 400, 800 and 1200 (val mIoU against
@@ -69,6 +73,8 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
     coarse: str | None = "region"   # the level coarse images are labelled at; None: fine images only
     teacher: str | None = None      # the variant whose checkpoint (same fraction and seed) relabels coarse pixels
+    warm_start: bool = False        # the student starts from the teacher's weights
+    refresh: bool = False           # self-correction: the teacher absorbs the student at every evaluation
     budget: int = 1                 # iterations, in multiples of the study's
     fractions: tuple[float, ...] | None = None  # the fractions it runs at (None: all)
 
@@ -94,6 +100,14 @@ VARIANTS = (
             fractions=(0.10, 1.0)),
     Variant("stacked_teacher_long", "(f) stacked, teacher (b, twice the iterations), twice the iterations",
             teacher="stacked_fine_long", budget=2, fractions=(0.10,)),
+    # self-correction (SCHP): the student starts from the teacher, which at every evaluation (400
+    # iterations) becomes the running mean of itself and the student; the warm start alone tells the
+    # two apart
+    Variant("stacked_selfcorrect", "(f) stacked, self-correction: warm start from (b, twice the iterations), "
+            "teacher refreshed every 400", teacher="stacked_fine_long", warm_start=True, refresh=True,
+            fractions=(0.10,)),
+    Variant("stacked_warm", "(f) stacked, teacher (b, twice the iterations) and warm start from it, no refresh",
+            teacher="stacked_fine_long", warm_start=True, fractions=(0.10,)),
     Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person",
             fractions=(0.10,)),
     Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
@@ -110,11 +124,13 @@ QUICK_SETTINGS: dict[str, Any] = {**study.QUICK_SETTINGS, "ohem": configuration.
 QUICK_POOL = 40
 
 
-def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None) -> list[tuple[float, Variant, int]]:
-    """The units to run, in order: seed by seed, every fraction's region-labelled variants (teachers
-    before their students), then the person-mask row; so one seed's table fills first."""
+def planned(fractions: Sequence[float], seeds: int, keys: Sequence[str] | None,
+            first_seed: int = 0) -> list[tuple[float, Variant, int]]:
+    """The units to run, in order: seed by seed (``first_seed`` to ``seeds - 1``), every fraction's
+    region-labelled variants (teachers before their students), then the person-mask row; so one
+    seed's table fills first."""
     units = []
-    for seed in range(seeds):
+    for seed in range(first_seed, seeds):
         for person_row in (False, True):
             for fraction in fractions:
                 for variant in VARIANTS:
@@ -148,6 +164,10 @@ def unit_settings(fraction: float, variant: Variant, seed: int, settings: dict[s
         teacher_variant = next(v for v in VARIANTS if v.key == variant.teacher)
         teacher = {"checkpoint": str(run_dir(runs_dir, fraction, teacher_variant, seed) / "last.pt"),
                    "threshold": TEACHER_THRESHOLD}
+        if variant.warm_start:
+            teacher["warm_start"] = True
+        if variant.refresh:
+            teacher["refresh"] = settings["eval_interval"]
     iterations = variant.budget * settings.get("max_iters", configuration.DEFAULTS["max_iters"])
     return {**settings, **variant.overrides, "max_iters": iterations, "datasets": sources(fraction, variant, pool),
             "teacher": teacher, "seed": seed, "out": str(run_dir(runs_dir, fraction, variant, seed))}
@@ -283,6 +303,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny settings for CI, into a temporary folder")
     parser.add_argument("--fractions", type=float, nargs="+", help=f"fine fractions (default {list(FRACTIONS)})")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed (another process may run the ones before it)")
     parser.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], help="only these variants")
     parser.add_argument("--out", type=Path, help="folder for study_coarse.md/png/json (default benchmarks/)")
     parser.add_argument("--runs", type=Path, help="folder for run directories (default runs/study_coarse)")
@@ -295,6 +317,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error(f"fractions must lie in (0, 1], got {args.fractions}")
     args.seeds = args.seeds or (1 if args.quick else 3)
+    if not 0 <= args.first_seed < args.seeds:
+        parser.error(f"--first-seed must lie in [0, seeds - 1 = {args.seeds - 1}], got {args.first_seed}")
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="hierparse-coarse-")) if args.quick else study.REPOSITORY / "benchmarks"
     if args.runs is None:
@@ -344,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan(args)
     info = study.machine()
-    for fraction, variant, seed in planned(args.fractions, args.seeds, args.variants):
+    for fraction, variant, seed in planned(args.fractions, args.seeds, args.variants, args.first_seed):
         name = plan.name(fraction, variant, seed)
         if plan.finished(fraction, variant, seed) is not None:
             print(f"=== {name}: done before, skipped", flush=True)

@@ -285,6 +285,7 @@ class Trainer:
                      f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is intact")
         self.solver.update(losses)
         self.iteration += 1
+        self.solver.end_of_step(self.iteration)
         return reported
 
     def run(self) -> None:

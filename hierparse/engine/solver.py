@@ -41,8 +41,6 @@ def build_optimizer(model: torch.nn.Module, config: dict[str, Any]) -> torch.opt
 class Solver:
     """The model of a run and what trains it; ``update`` is one optimiser step on given losses."""
 
-    STATE = ("model", "optimizer", "scheduler", "scaler")
-
     def __init__(self, config: dict[str, Any], hierarchy, label_tree, train_set, device: torch.device,
                  memory_format: torch.memory_format, amp: str | None):
         self.model = build_from_config(hierarchy, model_config(config), config["pretrained"]).to(
@@ -56,13 +54,26 @@ class Solver:
                                      class_pixels=exact_pixel_counts(train_set) if config["coarse_labels"] == "balanced"
                                      else None).to(device)
         self.teacher = SetTeacher.from_config(config["teacher"], label_tree, device)
+        # the state dicts a checkpoint keeps; a self-correcting teacher changes, so it is one of them
+        self.state_names = ("model", "optimizer", "scheduler", "scaler")
         if self.teacher is not None:
             self.teacher.model.to(memory_format=memory_format)
+            if config["teacher"].get("warm_start", False):
+                self._start_from_teacher(config)
+            if self.teacher.refresh:
+                self.state_names += ("teacher",)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, PolyWarmup(config["max_iters"], config["warmup_iters"], config["warmup_factor"],
                                        config["poly_power"]))
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def _start_from_teacher(self, config: dict[str, Any]) -> None:
+        wanted = model_config(config)
+        if self.teacher.model_config != wanted:
+            raise ValueError(f"teacher warm_start: {config['teacher']['checkpoint']} holds a model "
+                             f"{self.teacher.model_config}, this run builds {wanted}")
+        self.model.load_state_dict(self.teacher.model.state_dict())
 
     def targets(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The labels to train on: ``labels``, their coarse pixels relabelled by the teacher if there is one."""
@@ -76,14 +87,19 @@ class Solver:
         self.scaler.update()
         self.scheduler.step()
 
+    def end_of_step(self, iteration: int) -> None:
+        """After optimiser step ``iteration`` (counted from 1): a self-correction round when one is due."""
+        if self.teacher is not None and self.teacher.refresh and iteration % self.teacher.refresh == 0:
+            self.teacher.absorb(self.model)
+
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def state(self) -> dict[str, Any]:
-        """The state dicts a checkpoint keeps (keys: :attr:`STATE`)."""
-        return {name: getattr(self, name).state_dict() for name in self.STATE}
+        """The state dicts a checkpoint keeps (keys: :attr:`state_names`)."""
+        return {name: getattr(self, name).state_dict() for name in self.state_names}
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        for name in self.STATE:
+        for name in self.state_names:
             getattr(self, name).load_state_dict(checkpoint[name])
