@@ -64,8 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "coarse_labels": "marginal",      # labels naming a group (coarse): marginal, the set's summed probability at
                                       # finer levels; balanced, each class of the set weighed by its inverse share
                                       # in exact labels; ignore: they train their own level and coarser ones only
-    "teacher": None,                  # {checkpoint, threshold}: coarse labels relabelled with a trained model's best
-                                      # class inside each one's set (hierparse.engine.teacher); null: off
+    "teacher": None,                  # {checkpoint, threshold, warm_start, refresh}: coarse labels relabelled with a
+                                      # trained model's best class inside each one's set; warm_start: the model
+                                      # starts from the teacher's weights; refresh N: self-correction, the teacher
+                                      # averages in the model every N iterations (hierparse.engine.teacher); null: off
     "ohem": {"threshold": 0.7, "min_kept": 3000},  # hard-pixel mining per level (softmax); null: off.
                                       # 3000 of a 128x128 crop's pixels: mmseg's Cityscapes fraction
     # solver

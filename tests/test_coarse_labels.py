@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hierparse
+from hierparse import config as configuration
 from hierparse import ops
 from hierparse.data.mixture import MixedDataset, RelabelIds, check_sources
 from hierparse.engine.teacher import SetTeacher
@@ -489,6 +491,104 @@ def test_the_teacher_picks_the_best_part_inside_each_coarse_label():
         SetTeacher(FixedScores(logits), h, threshold=2)
 
 
+def small_net(seed):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    net[1].running_mean.normal_()
+    net[1].num_batches_tracked.fill_(seed)
+    return net
+
+
+def test_self_correction_makes_the_teacher_the_running_mean_of_itself_and_the_students():
+    h = hierparse.load_hierarchy("lip")
+    first, second, third = small_net(1), small_net(2), small_net(3)
+    expected = {name: (first.state_dict()[name] + second.state_dict()[name] + third.state_dict()[name]) / 3
+                for name, value in first.state_dict().items() if value.is_floating_point()}
+    teacher = SetTeacher(small_net(1), h, refresh=5)
+    teacher.absorb(second)
+    torch.testing.assert_close(teacher.model[0].weight, (first[0].weight + second[0].weight) / 2)
+    teacher.absorb(third)
+    averaged = teacher.model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value, rtol=1e-6, atol=1e-7)
+    assert averaged["1.num_batches_tracked"] == 3 and not teacher.model.training  # counters: the student's
+    assert not any(parameter.requires_grad for parameter in teacher.model.parameters())
+    restored = SetTeacher(small_net(7), h, refresh=5)
+    restored.load_state_dict(teacher.state_dict())
+    assert restored.models_averaged == 3
+    assert all(torch.equal(a, b) for a, b in zip(restored.model.state_dict().values(), averaged.values()))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"checkpoint": "x.pt", "refresh": -1}, "teacher refresh must be a whole number of iterations >= 0, got -1"),
+    ({"checkpoint": "x.pt", "refresh": 2.5}, "teacher refresh must be a whole number of iterations >= 0, got 2.5"),
+    ({"checkpoint": "x.pt", "refresh": True}, "teacher refresh must be a whole number of iterations >= 0, got True"),
+    ({"checkpoint": "x.pt", "warm_start": "yes"}, "teacher warm_start must be true or false, got 'yes'"),
+    ({"checkpoint": "x.pt", "refresh_every": 2}, "teacher must be null or a mapping with checkpoint"),
+])
+def test_bad_self_correction_options_are_one_line_errors(tmp_path, options, message):
+    from hierparse.cli import main
+    checkpoint = tmp_path / "teacher"
+    tiny = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_train_images", "4",
+            "synthetic_val_images", "2", "max_iters", "1", "workers", "0", "threads", "1"]
+    if not (checkpoint / "last.pt").exists():
+        assert main(["train", *tiny, "out", str(checkpoint)]) == 0
+    options = {**options, "checkpoint": str(checkpoint / "last.pt")}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SetTeacher.from_config(options, hierparse.load_hierarchy("lip"), torch.device("cpu"))
+
+
+def test_a_self_correcting_run_starts_from_its_teacher_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """warm_start: the student's first weights are the teacher's; refresh 2: the teacher averages
+    itself with the student at iterations 2 and 4, and a run stopped at 2 and resumed ends bitwise
+    equal to one that was not stopped (student and teacher)."""
+    from hierparse.cli import main
+    from hierparse.engine.checkpoint import load_checkpoint
+    from hierparse.train import Trainer
+    tiny = ["crop_size", "32", "eval_size", "32", "batch_size", "2", "synthetic_val_images", "2",
+            "eval_interval", "2", "log_interval", "1", "workers", "0", "threads", "1"]
+    assert main(["train", *tiny, "synthetic_train_images", "4", "max_iters", "2", "out", str(tmp_path / "t")]) == 0
+    teacher_weights = load_checkpoint(tmp_path / "t" / "last.pt")["model"]
+    sources = json.dumps([{"dataset": "synthetic", "n": 4, "weight": 0.5},
+                          {"dataset": "synthetic", "n": 4, "first": 4, "coarsen": "region", "weight": 0.5}])
+    options = {"checkpoint": str(tmp_path / "t" / "last.pt"), "threshold": 0.0, "warm_start": True, "refresh": 2}
+    student = [*tiny, "datasets", sources, "max_iters", "4", "teacher", json.dumps(options)]
+
+    trainer = Trainer(configuration.resolve(None, [*student, "out", str(tmp_path / "straight")]))
+    assert all(torch.equal(value, teacher_weights[name]) for name, value in trainer.model.state_dict().items())
+    trainer.run()
+    assert trainer.solver.teacher.models_averaged == 3  # the checkpoint, the students at 2 and 4
+
+    original_step = Trainer.train_step
+
+    def interrupted_step(self, batch):
+        if self.iteration == 2:  # just after the checkpoint and the refresh of iteration 2
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *student, "out", str(tmp_path / "resumed")])
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["teacher"]["models_averaged"] == 2
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert main(["train", *student, "out", str(tmp_path / "resumed"), "--resume"]) == 0
+    straight, resumed = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
+    for part in ("model", "teacher"):
+        state, again = (straight[part], resumed[part]) if part == "model" else \
+            (straight[part]["model"], resumed[part]["model"])
+        assert all(torch.equal(value, again[name]) for name, value in state.items()), part
+    moved = [name for name, value in straight["teacher"]["model"].items()
+             if value.is_floating_point() and not torch.equal(value, teacher_weights[name])]
+    assert moved  # the refreshes changed the teacher
+
+    capsys.readouterr()
+    flat = ["stacked", "false", "skips", "[layer1]"]
+    assert main(["train", *student, *flat, "out", str(tmp_path / "flat")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"hierparse: error: teacher warm_start: {tmp_path / 't' / 'last.pt'} holds a model ")
+    assert "\n" not in error and "this run builds" in error and not (tmp_path / "flat").exists()
+
+
 # ---------------------------------------------------------------------- label maps between datasets
 def write_map(tmp_path, body, header="name: m\nsource: atr\ntarget: lip\nmap:\n"):
     path = tmp_path / "m.yaml"
@@ -582,7 +682,6 @@ LIP_TO_ATR = np.array([0, 1, 2, 14, 3, 4, 7, 4, 12, 6, 4, 17, 5, 11, 14, 15, 12,
 def test_lip_and_atr_folders_train_together_through_the_map(tmp_path):
     """A LIP-layout and an ATR-layout folder in one run: ATR's upper-clothes (4) reaches the part level
     as the set {Upper-clothes, Coat} and the region level as Torso exactly; LIP labels stay exact."""
-    from hierparse import config as configuration
     from hierparse.data.mixture import build_mixture, label_hierarchy
     from hierparse.data.transforms import eval_transform
     from hierparse.train import train
