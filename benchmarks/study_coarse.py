@@ -22,7 +22,8 @@ and half (``datasets:`` weights 0.5 / 0.5). Variants (the issue's letters):
 - ``stacked_selfcorrect`` (f): self-correction as in SCHP: the student starts from its teacher's
   weights (``teacher: {warm_start: true}``), and at every evaluation the teacher becomes the running
   mean of its own and the student's weights (``refresh: 400``), so its relabelling improves with
-  the student; ``stacked_warm``: the warm start alone.
+  the student; ``stacked_warm``: the warm start alone; ``stacked_selfcorrect2``: a second such
+  run, from the first.
 
 At ``f = 100%`` only (a) and (b) run: there is nothing coarse (the ceiling of the pool). Each run
 is evaluated on 500 validation images at iterations 400, 800 and 1200 (val mIoU against
@@ -108,10 +109,15 @@ VARIANTS = (
             fractions=(0.10,)),
     Variant("stacked_warm", "(f) stacked, teacher (b, twice the iterations) and warm start from it, no refresh",
             teacher="stacked_fine_long", warm_start=True, fractions=(0.10,)),
+    Variant("stacked_selfcorrect2", "(f) stacked, self-correction, a second run (warm start from the first)",
+            teacher="stacked_selfcorrect", warm_start=True, refresh=True, fractions=(0.10,)),
     Variant("stacked_marginal_person", "(c) stacked, marginal, coarse = person masks", coarse="person",
             fractions=(0.10,)),
     Variant("stacked_teacher_person", "(f) stacked, teacher (b), coarse = person masks", coarse="person",
             teacher="stacked_fine", fractions=(0.10,)),
+    Variant("stacked_selfcorrect_person", "(f) stacked, self-correction from (b, twice the iterations), "
+            "coarse = person masks", coarse="person", teacher="stacked_fine_long", warm_start=True, refresh=True,
+            fractions=(0.10,)),
 )
 
 # amp null: float32 on every machine, so that runs from sessions on CPUs with and without native

@@ -101,8 +101,8 @@ def test_quick_coarse_label_study_writes_its_tables_and_resumes(tmp_path):
     keys = [row["variant"] for row in report["summary"]]
     assert keys == ["flat_fine", "stacked_fine", "stacked_marginal", "flat_marginal", "stacked_ignore",
                     "stacked_teacher", "flat_teacher", "stacked_balanced", "stacked_teacher2", "stacked_fine_long",
-                    "stacked_teacher_long", "stacked_selfcorrect", "stacked_warm", "stacked_marginal_person",
-                    "stacked_teacher_person"]
+                    "stacked_teacher_long", "stacked_selfcorrect", "stacked_warm", "stacked_selfcorrect2",
+                    "stacked_marginal_person", "stacked_teacher_person", "stacked_selfcorrect_person"]
     runs = {run["variant"]: run for run in report["runs"]}
     assert runs["stacked_fine"]["config"]["datasets"] == [{"dataset": "synthetic", "n": 4}]
     coarse = runs["stacked_marginal"]["config"]["datasets"]
@@ -117,6 +117,9 @@ def test_quick_coarse_label_study_writes_its_tables_and_resumes(tmp_path):
     assert runs["stacked_teacher_long"]["config"]["teacher"]["checkpoint"].endswith("f010/stacked_fine_long/seed0/last.pt")
     assert runs["stacked_selfcorrect"]["config"]["teacher"] == {
         **runs["stacked_teacher_long"]["config"]["teacher"], "warm_start": True, "refresh": 2}
+    assert runs["stacked_selfcorrect2"]["config"]["teacher"]["checkpoint"].endswith(
+        "f010/stacked_selfcorrect/seed0/last.pt")
+    assert runs["stacked_selfcorrect_person"]["config"]["datasets"][1]["coarsen"] == "person"
     assert runs["stacked_warm"]["config"]["teacher"] == {
         **runs["stacked_teacher_long"]["config"]["teacher"], "warm_start": True}
     assert report["complete"] and "complete" in (tmp_path / "study_coarse.md").read_text().splitlines()[0]
