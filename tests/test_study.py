@@ -138,3 +138,26 @@ def test_coarse_study_counts_an_amp_auto_run_as_the_precision_it_used():
     assert not study_coarse.same_unit({"config": recorded, "amp_used": "bf16"}, wanted)
     assert not study_coarse.same_unit({"config": recorded}, wanted)  # unknown precision: train again
     assert study_coarse.same_unit({"config": recorded, "amp_used": None}, recorded)  # auto asked, auto recorded
+
+
+def test_dropped_coarse_study_cells_stop_at_their_seeds_and_are_listed():
+    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
+    import study_coarse
+    dropped = {(0.10, "stacked_ignore"): (2, "too far behind"), (0.10, "stacked_balanced"): (0, "a failed idea")}
+    keys = ["stacked_fine", "stacked_ignore", "stacked_balanced"]
+    units = [(fraction, variant.key, seed) for fraction, variant, seed in
+             study_coarse.planned([0.10], 3, keys, dropped=dropped)]
+    assert units == [(0.10, "stacked_fine", 0), (0.10, "stacked_ignore", 0), (0.10, "stacked_fine", 1),
+                     (0.10, "stacked_ignore", 1), (0.10, "stacked_fine", 2)]
+    assert len(study_coarse.planned([0.10], 3, keys)) == 9  # --quick: every cell
+    row = {"fraction": 0.10, "variant": "stacked_fine", "label": "(b)", "part_per_seed": [0.3],
+           "merged_miou": {"part": {"mean": 0.3, "std": 0.0}}, "best_part": {"mean": 0.3, "std": 0.0},
+           "curve": {}, "fine_iou": {}, "seconds_per_iteration": {"mean": 1.0, "std": 0.0}}
+    run = {"load_before": 1.0, "load_after": 1.0, "wall_seconds": 60.0,
+           "machine": {"cpu": "c", "cores": 2, "torch": "t", "commit": "abc"}}
+    report = {"summary": [row], "runs": [run], "complete": False, "planned_runs": 5, "command": "x", "max_iters": 4,
+              "pool": 40, "settings": {"eval_interval": 2},
+              "dropped": [{"fraction": f, "variant": k, "seeds": n, "why": why} for (f, k), (n, why) in dropped.items()]}
+    text = study_coarse.markdown(report)
+    assert "- 10% (e) stacked, coarse labels train coarse levels only: 2 seeds; too far behind." in text
+    assert "- 10% (f) stacked, prior-balanced marginal: not run; a failed idea." in text
