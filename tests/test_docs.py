@@ -74,6 +74,10 @@ QUOTED = [  # (page, the text quoting mean/std in percent, the study entries the
     ("docs/training.md", "the teacher reaches {a:.2f} against fine-only {b:.2f} at f = 10%, but the ceiling rises more, "
      "to {c:.2f}", {"a": coarse("0.1", "stacked_teacher_long"), "b": coarse("0.1", "stacked_fine_long"),
                    "c": coarse("1.0", "stacked_fine_long")}),
+    ("README.md", "self-correction (SCHP) from the 2400-iteration fine-only model reaches {a:.2f} in 1200 iterations "
+     "and {b:.2f} in a second run", {"a": coarse("0.1", "stacked_selfcorrect"), "b": coarse("0.1", "stacked_selfcorrect2")}),
+    ("docs/training.md", "reaches {a:.2f} in 1200 iterations, and a second such run (warm start from the first) {b:.2f}",
+     {"a": coarse("0.1", "stacked_selfcorrect"), "b": coarse("0.1", "stacked_selfcorrect2")}),
     ("docs/training.md", "fine-only {a:.2f} (flat, 3 seeds) / {b:.2f} (stacked, 3 seeds) against {c:.2f} with the teacher (3 seeds) and {d:.2f}",
      {"a": coarse("0.25", "flat_fine"), "b": coarse("0.25", "stacked_fine"), "c": coarse("0.25", "stacked_teacher"),
       "d": coarse("0.25", "stacked_marginal")}),
