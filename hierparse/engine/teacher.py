@@ -29,16 +29,18 @@ class SetTeacher:
 
     OPTIONS = {"checkpoint", "threshold", "warm_start", "refresh"}
 
-    def __init__(self, model: torch.nn.Module, hierarchy: Hierarchy, threshold: float = 0.0, refresh: int = 0):
+    def __init__(self, model: torch.nn.Module, hierarchy: Hierarchy, threshold: float = 0.0, refresh: int = 0,
+                 model_config: dict[str, Any] | None = None):
         """``model``: images -> per-level logits, the last of them the finest level (on its device);
-        ``refresh``: iterations between self-correction rounds (0: the teacher never changes)."""
+        ``refresh``: iterations between self-correction rounds (0: the teacher never changes);
+        ``model_config``: the model's settings, if known (a warm start checks them)."""
         if not 0 <= threshold <= 1:
             raise ValueError(f"teacher threshold must lie in [0, 1], got {threshold!r}")
         if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
             raise ValueError(f"teacher refresh must be a whole number of iterations >= 0, got {refresh!r}")
         device = next(model.parameters()).device
         self.model = model.eval().requires_grad_(False)
-        self.refresh, self.models_averaged = refresh, 1
+        self.refresh, self.models_averaged, self.model_config = refresh, 1, model_config
         self.threshold, self.ignore_index = float(threshold), hierarchy.ignore_index
         self.fine_classes = hierarchy.num_classes[-1]
         self.table = hierarchy.label_table()[-1].to(device)
@@ -49,7 +51,7 @@ class SetTeacher:
     def from_config(cls, options: dict[str, Any] | None, hierarchy: Hierarchy,
                     device: torch.device) -> "SetTeacher | None":
         """``{checkpoint: PATH, threshold: 0.0, warm_start: false, refresh: 0}`` (the config's
-        ``teacher``) or None; one-line errors. ``model_config``: the checkpoint's model settings."""
+        ``teacher``) or None; one-line errors."""
         if options is None:
             return None
         if not isinstance(options, dict) or "checkpoint" not in options or set(options) - cls.OPTIONS:
@@ -58,9 +60,8 @@ class SetTeacher:
         if not isinstance(options.get("warm_start", False), bool):
             raise ValueError(f"teacher warm_start must be true or false, got {options['warm_start']!r}")
         model, _, checkpoint = model_from_checkpoint(str(options["checkpoint"]), device, hierarchy)
-        teacher = cls(model, hierarchy, float(options.get("threshold", 0.0)), options.get("refresh", 0))
-        teacher.model_config = checkpoint["model_config"]
-        return teacher
+        return cls(model, hierarchy, float(options.get("threshold", 0.0)), options.get("refresh", 0),
+                   checkpoint["model_config"])
 
     @torch.no_grad()
     def absorb(self, student: torch.nn.Module) -> None:
