@@ -131,6 +131,16 @@ DROPPED: dict[tuple[float, str], tuple[int, str]] = {
                                 "warm start, so a third seed cannot change the headline"),
     (0.10, "stacked_teacher_person"): (0, "the person-mask row takes its method from the region row, where "
                                           "self-correction from the 2400-iteration (b) superseded this teacher"),
+    **{(fraction, "stacked_ignore"): (0, "4.5 points below (b) at 10%, where it was measured; the question it "
+                                         "answers (does the marginal term pay?) is settled there")
+       for fraction in (0.05, 0.25)},
+    **{(fraction, "stacked_balanced"): (0, "half of (c) at 10% (15.66 on seed 0): no longer a candidate")
+       for fraction in (0.05, 0.25)},
+    **{(fraction, "stacked_teacher2"): (0, "at 10% a second round adds 0.36 to the first, within one seed spread, "
+                                           "and self-correction superseded it")
+       for fraction in (0.05, 0.25)},
+    (1.0, "stacked_fine_long"): (2, "the ceiling of the goal: its two seeds lie 0.6 apart and the best variant is "
+                                    "9.6 below them, so a third seed cannot change the verdict"),
 }
 
 # amp null: float32 on every machine, so that runs from sessions on CPUs with and without native

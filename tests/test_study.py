@@ -161,3 +161,13 @@ def test_dropped_coarse_study_cells_stop_at_their_seeds_and_are_listed():
     text = study_coarse.markdown(report)
     assert "- 10% (e) stacked, coarse labels train coarse levels only: 2 seeds; too far behind." in text
     assert "- 10% (f) stacked, prior-balanced marginal: not run; a failed idea." in text
+
+
+def test_every_dropped_coarse_study_cell_is_one_the_full_study_plans():
+    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
+    import study_coarse
+    cells = {(fraction, variant.key) for fraction, variant, _ in
+             study_coarse.planned(study_coarse.FRACTIONS, 3, None)}
+    assert set(study_coarse.DROPPED) <= cells
+    for (fraction, key), (seeds, why) in study_coarse.DROPPED.items():
+        assert 0 <= seeds < 3 and why, (fraction, key)
